@@ -79,15 +79,16 @@ class Detector(nn.Module):
 
 
 class ExportableDetector(nn.Module):
-    """Wraps a :class:`Detector` to return ``(logits, probs)``, the network model's outputs on Triton."""
+    """Wraps a :class:`Detector` to return ``(logits, probs, p_fake)``, the network model's outputs on Triton."""
 
     def __init__(self, detector: Detector) -> None:
         super().__init__()
         self.detector = detector
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.detector(pixel_values)
-        return logits, torch.softmax(logits.float(), dim=-1)
+        probs = torch.softmax(logits.float(), dim=-1)
+        return logits, probs, 1.0 - probs[:, :1]
 
 
 def _vision_from_config(config_dict: dict):
