@@ -1,0 +1,90 @@
+"""The label contract, checkpoint metadata and the slim-client promise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aigi.checkpoint import ArchitectureMeta, CheckpointMeta, load_meta, save_meta
+from aigi.errors import CheckpointError, DatasetError
+from aigi.labels import labels_for_task, p_fake, target_index, validate_labels
+from aigi.preprocessing import PreprocessSpec
+
+
+def test_labels_for_task_puts_real_first_when_task_is_source() -> None:
+    assert labels_for_task(["sd", "real", "gan"], "source") == ["real", "gan", "sd"]
+    assert labels_for_task(["sd", "real", "gan"], "binary") == ["real", "fake"]
+
+
+@pytest.mark.parametrize("names", [["gan", "sd"], ["real"], []])
+def test_labels_for_task_raises_dataset_error_when_real_or_fakes_missing(names: list[str]) -> None:
+    with pytest.raises(DatasetError):
+        labels_for_task(names, "source")
+
+
+def test_validate_labels_raises_when_real_is_not_first() -> None:
+    with pytest.raises(DatasetError, match="label 0"):
+        validate_labels(["fake", "real"])
+
+
+def test_target_index_maps_generators_to_fake_when_labels_are_binary() -> None:
+    assert target_index("gan", ["real", "fake"]) == 1
+    assert target_index("real", ["real", "fake"]) == 0
+    with pytest.raises(DatasetError):
+        target_index("unseen", ["real", "gan"])
+
+
+def test_p_fake_is_one_minus_real_when_probs_have_many_classes() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    np.testing.assert_allclose(p_fake(probs), [0.3, 0.9], atol=1e-6)
+
+
+def _meta() -> CheckpointMeta:
+    return CheckpointMeta(
+        architecture=ArchitectureMeta(source="tiny", vision_config={"hidden_size": 8}),
+        task="source",
+        labels=["real", "gan"],
+        preprocessing=PreprocessSpec(size=32),
+        threshold=0.42,
+    )
+
+
+def test_checkpoint_meta_round_trips_when_saved_and_loaded(tmp_path) -> None:
+    save_meta(tmp_path, _meta())
+    loaded = load_meta(tmp_path)
+    assert loaded == _meta()
+
+
+def test_load_meta_raises_checkpoint_error_when_file_is_malformed(tmp_path) -> None:
+    (tmp_path / "aigi.json").write_text(json.dumps({"task": "source"}))
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_meta(tmp_path)
+    (tmp_path / "aigi.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_meta(tmp_path)
+
+
+def test_load_meta_raises_checkpoint_error_when_directory_has_no_meta(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="no aigi.json"):
+        load_meta(tmp_path)
+
+
+def test_client_and_cli_help_import_no_torch_when_loaded_in_fresh_interpreter() -> None:
+    code = (
+        "import sys, io, contextlib\n"
+        "import aigi.client, aigi.preprocessing\n"
+        "from aigi.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
