@@ -1,0 +1,31 @@
+"""The slim Triton client of aigi: numpy, Pillow and tritonclient, never torch.
+
+``Detector(url).detect(images)`` returns one :class:`Result` per image; ``AsyncDetector`` is its
+asyncio twin. Errors come from :mod:`aigi.errors` (``ServerUnreachableError``,
+``ModelNotReadyError``, ``InvalidImageError``, ``RequestRejectedError``).
+"""
+
+from aigi.client.async_detector import AsyncDetector
+from aigi.client.detector import Detector, DetectorStats
+from aigi.client.model_info import ModelInfo
+from aigi.client.result import Result
+from aigi.errors import (
+    ClientError,
+    InvalidImageError,
+    ModelNotReadyError,
+    RequestRejectedError,
+    ServerUnreachableError,
+)
+
+__all__ = [
+    "AsyncDetector",
+    "ClientError",
+    "Detector",
+    "DetectorStats",
+    "InvalidImageError",
+    "ModelInfo",
+    "ModelNotReadyError",
+    "RequestRejectedError",
+    "Result",
+    "ServerUnreachableError",
+]

@@ -1,0 +1,395 @@
+"""Start and stop the real ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel.
+
+The wheel carries Triton with the Python backend only, so on a machine without the Triton
+container the CPU repository (``aigi_preprocess`` + ``aigi_cpu`` + the ensemble) is served by it.
+The Python models run in the interpreter whose ``python3`` is first on the server's ``PATH``: this
+module puts ``<env>/bin`` there (``env`` defaults to the running interpreter's ``sys.prefix``), so
+repositories stay portable and name no environment in their configs.
+
+Typical use::
+
+    with TritonServer("model_repository") as server:   # start() + wait_ready()
+        print(server.endpoints["grpc"])
+
+Standard library only (no numpy, no tritonclient), so ``aigi serve`` stays light.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from aigi.errors import ServerError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+LOG_TAIL_LINES = 30
+PORT_RETRIES = 3
+# errors a CPU-only host always logs; they say nothing about why a server failed
+_HARMLESS = ("CudaDriverHelper", "unable to create stream", "pinned", "NVML", "CUDA driver")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it; another process may still take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_tritonserver() -> tuple[Path, Path]:
+    """Locate the wheel's Triton distribution and its shared libraries.
+
+    Returns:
+        ``(tritonserver_dir, libs_dir)``: ``.../pytriton/tritonserver`` and ``.../nvidia_pytriton.libs``.
+
+    Raises:
+        ServerError: the ``nvidia-pytriton`` wheel is not installed (``pip install 'aigi[serve]'``).
+    """
+    # find_spec, not import: importing pytriton is slow and pulls in its own stack
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise ServerError("tritonserver not found: install the serving extra (pip install 'aigi[serve]')")
+    package = Path(spec.origin).parent
+    dist, libs = package / "tritonserver", package.parent / "nvidia_pytriton.libs"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no tritonserver binary under {dist}")
+    return dist, libs
+
+
+def python_version_of(env: Path) -> str:
+    """``major.minor`` of the Python in a virtual environment (the backend stub must match it)."""
+    python = env / "bin" / "python3"
+    if not python.exists():
+        raise ServerError(f"{env}: not a Python environment (no bin/python3)")
+    if env.resolve() == Path(sys.prefix).resolve():
+        return f"{sys.version_info[0]}.{sys.version_info[1]}"
+    out = subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        raise ServerError(f"{python} does not run: {out.stderr.strip()[-300:]}")
+    return out.stdout.strip()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM the server if its parent dies, so no orphan keeps the ports.
+
+    Linux ties this to the parent *thread*, which is why it is only used when starting from the main thread.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class TritonServer:
+    """One ``tritonserver`` process serving a model repository, bound to 127.0.0.1 by default.
+
+    Args:
+        repo: the model repository (for example written by ``aigi export``).
+        http_port, grpc_port, metrics_port: ports to listen on; ``None`` or ``0`` picks a free one.
+        env: the Python environment the Python-backend models run in (its ``bin`` goes first on
+            ``PATH``; it needs numpy<2, Pillow, onnxruntime and aigi); defaults to ``sys.prefix``.
+        host: address every endpoint binds to; ``0.0.0.0`` exposes the server to the network.
+        log_verbose: Triton's ``--log-verbose`` level.
+        log_file: where the server's stdout and stderr go (appended); a new file in the temp folder when ``None``.
+        exit_timeout_s: how long Triton waits for in-flight requests when stopping.
+        extra_args: more ``tritonserver`` flags, passed through.
+    """
+
+    def __init__(
+        self,
+        repo: str | Path,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        env: str | Path | None = None,
+        host: str = "127.0.0.1",
+        log_verbose: int = 0,
+        log_file: str | Path | None = None,
+        exit_timeout_s: int = 5,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.repo = Path(repo).resolve()
+        self.env = Path(env or sys.prefix).absolute()
+        self.host = host
+        self.log_verbose = int(log_verbose)
+        self.exit_timeout_s = int(exit_timeout_s)
+        self.extra_args = list(extra_args or [])
+        self._requested = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.ports: dict[str, int] = {}
+        self._log_file_arg = Path(log_file) if log_file else None
+        self.log_file: Path | None = None
+        self._workdir: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log_handle = None
+        self._log_offset = 0
+        self.shm_prefix = ""
+        self.started_at = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> TritonServer:
+        """Launch the process (does not wait for readiness; see :meth:`wait_ready`).
+
+        Raises:
+            ServerError: the repository is missing, the binary is not installed, or the server is running.
+        """
+        if self.running:
+            raise ServerError(f"server already running (pid {self.pid})")
+        if not self.repo.is_dir():
+            raise ServerError(f"model repository {self.repo} does not exist")
+        dist, libs = find_tritonserver()
+        stub = dist / "python_backend_stubs" / python_version_of(self.env) / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise ServerError(f"no Python backend stub for {self.env} at {stub}")
+        self._workdir = Path(tempfile.mkdtemp(prefix="aigi-triton-"))
+        # the wheel's backend dir lacks the stub and is read-only in spirit: work on a copy
+        backends = self._workdir / "backends"
+        shutil.copytree(dist / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+        self.shm_prefix = f"aigi{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        # outside the work directory, so the log outlives the server for post-mortems
+        default_log = Path(tempfile.gettempdir()) / f"aigi-tritonserver-{self.shm_prefix.rstrip('-')}.log"
+        self.log_file = self._log_file_arg or default_log
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: port or free_port(self.host) for name, port in self._requested.items()}
+        cmd = self.command(dist, backends)
+        logger.debug("starting %s", " ".join(cmd))
+        self._log_handle = open(self.log_file, "ab")  # noqa: SIM115 - lives as long as the process
+        self._log_offset = self._log_handle.tell()  # a reused log file: read only this run's lines
+        self.started_at = time.monotonic()
+        self._proc = subprocess.Popen(
+            cmd,
+            env=self._environment(libs),
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # own process group: a Ctrl-C in the terminal reaches us, and we stop the server ourselves
+            start_new_session=True,
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
+        )
+        return self
+
+    def command(self, dist: Path, backends: Path) -> list[str]:
+        """The ``tritonserver`` command line for this server."""
+        return [
+            str(dist / "bin" / "tritonserver"),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={dist / 'caches'}",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-port={self.ports['grpc']}",
+            f"--metrics-port={self.ports['metrics']}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            "--strict-readiness=true",
+            f"--log-verbose={self.log_verbose}",
+            # regions in /dev/shm are named after this prefix; two servers sharing one collide
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=1048576",
+            *self.extra_args,
+        ]
+
+    def _environment(self, libs: Path) -> dict[str, str]:
+        env = os.environ.copy()
+        # the copied libtriton_python.so lost its $ORIGIN-relative RPATH to the wheel's libraries
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        # the backend stub embeds the python3 first on PATH; that is how models find numpy and aigi
+        env["PATH"] = os.pathsep.join(p for p in (str(self.env / "bin"), env.get("PATH", "")) if p)
+        env.pop("PYTHONPATH", None)
+        env.pop("PYTHONHOME", None)
+        return env
+
+    def wait_ready(self, timeout: float = 120.0) -> TritonServer:
+        """Block until ``/v2/health/ready`` answers 200.
+
+        Raises:
+            ServerError: the process exited (a model failed to load, a port was taken) or ``timeout`` passed;
+                the message carries the last lines of the server log.
+        """
+        if self._proc is None:
+            raise ServerError("server not started")
+        url = f"{self.endpoints['http_url']}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        port_retries = PORT_RETRIES
+        while True:
+            code = self._proc.poll()
+            if code is not None and port_retries > 0 and self._lost_port_race():
+                # a port picked free was taken before Triton bound it: pick again
+                port_retries -= 1
+                logger.warning("a port was taken before tritonserver bound it; retrying on fresh ports")
+                self._cleanup()
+                self.start()
+                url = f"{self.endpoints['http_url']}/v2/health/ready"
+                continue
+            if code is not None:
+                self._cleanup()
+                why = self._failure_summary()
+                raise ServerError(f"tritonserver exited with code {code} before it was ready{why}\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        logger.info("tritonserver ready in %.1f s", time.monotonic() - self.started_at)
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def _lost_port_race(self) -> bool:
+        auto_picked = {self.ports[name] for name, port in self._requested.items() if not port}
+        taken = {int(port) for port in re.findall(r":(\d+)' already in use", self._read_log(200))}
+        return bool(taken) and taken <= auto_picked
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Ask the server to shut down (SIGTERM), wait, then kill it if it lingers; idempotent.
+
+        Returns:
+            The process's exit code, or ``None`` when it was never started.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout if timeout is not None else self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                logger.warning("tritonserver (pid %d) did not stop in time; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        self._cleanup()
+        return proc.returncode
+
+    def restart(self, timeout: float = 120.0) -> TritonServer:
+        """Stop, then start again on the same ports and wait until ready."""
+        self.stop()
+        self._requested = dict(self.ports)
+        return self.start().wait_ready(timeout)
+
+    def _cleanup(self) -> None:
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if self.shm_prefix and not self.running:
+            # a graceful stop removes these; a killed server leaves them behind (the prefix is ours alone)
+            for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, when started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code once the process has ended."""
+        return self._proc.poll() if self._proc else None
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """``http``, ``grpc``, ``metrics`` as ``host:port``, plus ``http_url`` and ``metrics_url``."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return {
+            "http": f"{host}:{self.ports['http']}",
+            "grpc": f"{host}:{self.ports['grpc']}",
+            "metrics": f"{host}:{self.ports['metrics']}",
+            "http_url": f"http://{host}:{self.ports['http']}",
+            "metrics_url": f"http://{host}:{self.ports['metrics']}/metrics",
+        }
+
+    def models(self) -> list[dict[str, str]]:
+        """The repository index: ``name``, ``version`` and ``state`` of every model the server knows."""
+        request = urllib.request.Request(f"{self.endpoints['http_url']}/v2/repository/index", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return list(json.loads(response.read()))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ServerError(f"cannot read the model index from {self.endpoints['http']}: {exc}") from exc
+
+    def _read_log(self, lines: int) -> str:
+        if self.log_file is None or not self.log_file.exists():
+            return ""
+        with open(self.log_file, "rb") as handle:
+            handle.seek(self._log_offset)
+            tail = collections.deque(handle, maxlen=lines)
+        return b"".join(tail).decode("utf-8", "replace").rstrip()
+
+    def _failure_summary(self) -> str:
+        """``: <why>`` from the log's own words (a model that failed to load, a port in use), or ``""``."""
+        text = self._read_log(400)
+        reasons = [
+            f"model '{name}' failed to load: {why.split(chr(92) + 'n')[0].strip()}"
+            for name, why in re.findall(r"failed to load '([^']+)' version \d+: (.*)", text)
+        ]
+        reasons += re.findall(r"failed to start \w+ service: [^\"]*", text)
+        return (": " + "; ".join(dict.fromkeys(reasons))) if reasons else ""
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The server's error lines (Triton prefixes them with ``E``) or else its last lines, for messages."""
+        text = self._read_log(400)
+        if not text:
+            return "(no server log)"
+        errors = [
+            line
+            for line in text.splitlines()
+            if line[:1] == "E" and line[1:5].isdigit() and not any(noise in line for noise in _HARMLESS)
+        ]
+        shown = errors[-lines:] if errors else text.splitlines()[-lines:]
+        return f"--- {'errors' if errors else 'last lines'} of {self.log_file} ---\n" + "\n".join(shown)

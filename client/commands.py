@@ -1,0 +1,121 @@
+"""``aigi predict``: classify image files through a running Triton server.
+
+Exit codes: 0 every image got a verdict, 1 some images failed (each failure is printed and
+counted), 2 no server answered or the model is not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``aigi predict``."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify images through a Triton server",
+        description=(
+            "Send image files (folders are searched recursively for image files) to a Triton server and "
+            "print one verdict per image. Exit code 0: all images classified; 1: some images failed; "
+            "2: server unreachable or model not ready."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("--url", default=None, help="HOST:PORT of the server (default 127.0.0.1:8001, HTTP :8000)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--model", default="aigi", help="the ensemble to call (default aigi)")
+    parser.add_argument(
+        "--preprocess",
+        choices=("server", "client"),
+        default="server",
+        help="server: send encoded files to the ensemble; client: preprocess here, send pixel_values to the network",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    parser.add_argument("--retries", type=int, default=4, help="re-sends when no server answers (default 4)")
+    parser.add_argument("--max-in-flight", type=int, default=4, help="requests outstanding at once (default 4)")
+    parser.set_defaults(handler=run_predict)
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Files named on the command line (whatever their suffix) plus image files found under folders, sorted.
+
+    A path that does not exist is kept, so it is reported as a failed image rather than dropped.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def _groups(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _progress(total: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is not part of the slim client install
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=total < 2 or not sys.stderr.isatty())
+
+
+def format_row(result: Any) -> str:
+    """One table line: p_fake, verdict, label, source (or the error)."""
+    if result.error:
+        return f"{'-':>7}  {'ERROR':<7}  {'-':<12}  {result.source}: {result.error}"
+    verdict = "FAKE" if result.is_fake else "real"
+    return f"{result.p_fake:7.4f}  {verdict:<7}  {result.label:<12}  {result.source}"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Handler of ``aigi predict``."""
+    from aigi.client.detector import Detector
+
+    images = collect_images(args.paths)
+    if not images:
+        print("aigi predict: no image files found under " + " ".join(map(str, args.paths)), file=sys.stderr)
+        return 1
+    url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
+    counts = {"images": 0, "fake": 0, "real": 0, "failed": 0}
+    with Detector(
+        url,
+        protocol=args.protocol,
+        model=args.model,
+        preprocess=args.preprocess,
+        timeout=args.timeout,
+        retries=args.retries,
+        max_in_flight=args.max_in_flight,
+    ) as detector:
+        info = detector.info  # fails fast, before any output, when the server is not there
+        if not args.json:
+            print(f"{'p_fake':>7}  {'verdict':<7}  {'label':<12}  image (threshold {info.threshold:g})")
+        bar = _progress(len(images))
+        group_size = info.max_batch_size * detector.max_in_flight * 2
+        for group in _groups(images, group_size):
+            for result in detector.detect(group):
+                counts["images"] += 1
+                counts["failed" if result.error else "fake" if result.is_fake else "real"] += 1
+                print(json.dumps(result.to_dict()) if args.json else format_row(result), flush=True)
+            if bar is not None:
+                bar.update(len(group))
+        if bar is not None:
+            bar.close()
+    summary = f"{counts['images']} images: {counts['fake']} fake, {counts['real']} real, {counts['failed']} failed"
+    print(summary, file=sys.stderr)
+    return 1 if counts["failed"] else 0

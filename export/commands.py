@@ -1,0 +1,125 @@
+"""CLI: ``aigi export``, ``aigi repo check`` and ``aigi repo manifest``.
+
+Light at import: ONNX, torch and friends load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``export`` and ``repo check`` to the ``aigi`` parser."""
+    export = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX / TensorRT and write a Triton model repository",
+        description="Export a run directory to ONNX (checked against PyTorch), derive FP16 / INT8 / TensorRT "
+        "variants as the backend needs, and write a Triton model repository (docs/CONTRACT.md).",
+    )
+    export.add_argument("--checkpoint", required=True, type=Path, help="run directory (model.safetensors + aigi.json)")
+    export.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository to write")
+    export.add_argument("--backend", required=True, choices=("cpu", "onnx", "trt"), help="which network model to serve")
+    export.add_argument("--name", default="aigi", help="model name prefix (default: aigi)")
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        help="network precision: cpu fp32|int8 (default fp32), onnx fp32|fp16 (default fp32), trt fp16",
+    )
+    export.add_argument("--max-batch", type=int, default=32, help="max_batch_size and TensorRT profile max")
+    export.add_argument("--opt-batch", type=int, help="TensorRT profile optimum (default: max-batch / 2)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (17+)")
+    export.add_argument(
+        "--parity-data",
+        type=Path,
+        help="dataset folder whose images join the random inputs of the parity checks "
+        "(default: the checkpoint's training data, if it still exists)",
+    )
+    export.add_argument("--parity-images", type=int, default=8, help="how many real images to check (default 8)")
+    export.add_argument("--all-variants", action="store_true", help="build and check FP16 and INT8 even if not served")
+    export.add_argument("--no-timing", action="store_true", help="skip timing ONNX Runtime's optimization levels")
+    export.add_argument("--intra-op-threads", type=int, default=0, help="aigi_cpu: ONNX Runtime threads (0: default)")
+    export.add_argument(
+        "--python-env",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra parameter for the Python-backend models (e.g. EXECUTION_ENV_PATH=...); repeatable",
+    )
+    export.set_defaults(handler=_export)
+
+    repo = subparsers.add_parser("repo", help="model repository tools")
+    repo_sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
+    check = repo_sub.add_parser("check", help="check a Triton model repository against its ONNX graphs and manifest")
+    check.add_argument("dir", type=Path, help="the model repository")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(handler=_repo_check)
+    manifest = repo_sub.add_parser(
+        "manifest", help="re-hash every file into MANIFEST.json (after building model.plan with build_engine.sh)"
+    )
+    manifest.add_argument("dir", type=Path, help="the model repository")
+    manifest.set_defaults(handler=_repo_manifest)
+    repo.set_defaults(handler=lambda args: repo.print_help() or 2)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from aigi.export.pipeline import ExportOptions, run_export
+
+    options = ExportOptions(
+        checkpoint=args.checkpoint,
+        repo=args.repo,
+        backend=args.backend,
+        name=args.name,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        opset=args.opset,
+        parity_data=args.parity_data,
+        parity_images=args.parity_images,
+        all_variants=args.all_variants,
+        time_optimizations=not args.no_timing,
+        python_env=dict(args.python_env) or None,
+        intra_op_threads=args.intra_op_threads,
+    )
+    report = run_export(options)
+    print(f"wrote {args.repo} ({report.backend}, {report.precision}); report: {args.repo}/{args.name}_EXPORT.md")
+    return 0
+
+
+def _repo_check(args: argparse.Namespace) -> int:
+    from aigi.export.repo_check import check_repository
+
+    report = check_repository(args.dir)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _repo_manifest(args: argparse.Namespace) -> int:
+    from aigi.errors import RepositoryError
+    from aigi.export.manifest import read_manifest, write_manifest
+
+    if not args.dir.is_dir():
+        raise RepositoryError(f"{args.dir}: no such repository folder")
+    path = write_manifest(args.dir, {})
+    print(f"wrote {path} ({len((read_manifest(args.dir) or {}).get('files', {}))} files)")
+    return 0

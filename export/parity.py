@@ -1,0 +1,195 @@
+"""Correctness checks of exported artifacts against FP32 PyTorch, with explicit tolerances.
+
+Every variant (FP32 ONNX, FP16 ONNX, INT8 ONNX, TensorRT engine) runs on the same inputs: random
+``pixel_values`` at a few batch sizes plus real images through :func:`aigi.preprocessing.preprocess`. For
+each output the check reports the max absolute and relative difference; it passes when ``probs`` stays
+within the step's tolerance. Decision agreement (argmax and ``p_fake >= threshold``) is reported too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aigi.errors import InvalidImageError
+from aigi.preprocessing import PreprocessSpec, preprocess
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("logits", "probs", "p_fake")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Relative differences divide by |reference|, floored so outputs near zero do not explode.
+REL_FLOOR = 1e-6
+TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2, "trt": 1e-2}
+RANDOM_BATCH_SIZES = (1, 7)
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass
+class ParityBatch:
+    """One named input batch, e.g. ``random[7]`` or ``images[8]``."""
+
+    name: str
+    pixel_values: np.ndarray
+
+
+@dataclass
+class ParityResult:
+    """What one correctness check saw."""
+
+    artifact: str
+    tolerance: float
+    max_abs: dict[str, float]
+    max_rel: dict[str, float]
+    argmax_agreement: float
+    is_fake_agreement: float
+    samples: int
+    batches: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """``probs`` within tolerance."""
+        return self.max_abs["probs"] <= self.tolerance
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {**asdict(self), "passed": self.passed}
+
+    def summary(self) -> str:
+        """One line: the diffs per output and the agreement."""
+        diffs = "  ".join(f"{name} abs {self.max_abs[name]:.2e} rel {self.max_rel[name]:.2e}" for name in OUTPUTS)
+        return (
+            f"{diffs}  (tol probs {self.tolerance:.0e}; agree argmax {self.argmax_agreement:.1%}, "
+            f"is_fake {self.is_fake_agreement:.1%}; n={self.samples})"
+        )
+
+
+@dataclass
+class ImageSample:
+    """Real images found for the check and what became of them."""
+
+    pixel_values: np.ndarray
+    found: int
+    used: list[str]
+    corrupt: list[str]
+
+
+def random_batches(image_size: int, sizes: Sequence[int] = RANDOM_BATCH_SIZES, seed: int = 0) -> list[ParityBatch]:
+    """Seeded normal ``pixel_values`` (roughly what normalized images look like) at each batch size."""
+    rng = np.random.default_rng(seed)
+    return [
+        ParityBatch(f"random[{size}]", rng.standard_normal((size, 3, image_size, image_size), dtype=np.float32))
+        for size in sizes
+    ]
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursively), sorted."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def sample_images(root: str | Path, spec: PreprocessSpec, limit: int = 8) -> ImageSample:
+    """Preprocess up to ``limit`` images spread evenly over ``root``'s sorted files (so every class shows up).
+
+    Undecodable files are counted and named in the result, never silently dropped.
+    """
+    paths = find_images(root)
+    picks = paths if len(paths) <= limit else [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit)]
+    arrays: list[np.ndarray] = []
+    used: list[str] = []
+    corrupt: list[str] = []
+    for path in picks:
+        try:
+            arrays.append(preprocess(path, spec))
+            used.append(str(path))
+        except InvalidImageError as exc:
+            corrupt.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    if corrupt:
+        logger.warning("%d of %d parity images could not be decoded (first: %s)", len(corrupt), len(picks), corrupt[0])
+    empty = np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
+    return ImageSample(np.stack(arrays) if arrays else empty, len(paths), used, corrupt)
+
+
+def torch_outputs(detector, pixel_values: np.ndarray) -> Outputs:
+    """FP32 PyTorch outputs (the reference) for one batch."""
+    import torch
+
+    from aigi.training.model import ExportableDetector
+
+    model = ExportableDetector(detector).eval()
+    with torch.no_grad():
+        tensors = model(torch.from_numpy(np.ascontiguousarray(pixel_values)))
+    return {name: tensor.float().cpu().numpy() for name, tensor in zip(OUTPUTS, tensors, strict=True)}
+
+
+def onnx_runner(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], Outputs]:
+    """A function running an ONNX file in ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(pixel_values: np.ndarray) -> Outputs:
+        values = session.run(list(OUTPUTS), {"pixel_values": pixel_values})
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(OUTPUTS, values, strict=True)}
+
+    return run
+
+
+def compare(
+    artifact: str,
+    references: Sequence[Outputs],
+    candidates: Sequence[Outputs],
+    tolerance: float,
+    threshold: float,
+    batch_names: Sequence[str] = (),
+) -> ParityResult:
+    """Max abs/rel difference per output and decision agreement of ``candidates`` against ``references``."""
+    max_abs = dict.fromkeys(OUTPUTS, 0.0)
+    max_rel = dict.fromkeys(OUTPUTS, 0.0)
+    argmax_same = fake_same = samples = 0
+    for reference, candidate in zip(references, candidates, strict=True):
+        for name in OUTPUTS:
+            ref, got = reference[name], candidate[name]
+            if ref.shape != got.shape:
+                raise ValueError(f"{artifact}: output {name} has shape {got.shape}, PyTorch gives {ref.shape}")
+            diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+            if diff.size:
+                max_abs[name] = max(max_abs[name], float(diff.max()))
+                max_rel[name] = max(max_rel[name], float((diff / np.maximum(np.abs(ref), REL_FLOOR)).max()))
+        argmax_same += int((reference["probs"].argmax(-1) == candidate["probs"].argmax(-1)).sum())
+        fake_same += int(((reference["p_fake"][:, 0] >= threshold) == (candidate["p_fake"][:, 0] >= threshold)).sum())
+        samples += len(reference["probs"])
+    return ParityResult(
+        artifact=artifact,
+        tolerance=tolerance,
+        max_abs=max_abs,
+        max_rel=max_rel,
+        argmax_agreement=argmax_same / samples if samples else 1.0,
+        is_fake_agreement=fake_same / samples if samples else 1.0,
+        samples=samples,
+        batches=list(batch_names),
+    )
+
+
+def check(
+    artifact: str,
+    run: Callable[[np.ndarray], Outputs],
+    batches: Sequence[ParityBatch],
+    references: Sequence[Outputs],
+    tolerance: float,
+    threshold: float,
+) -> ParityResult:
+    """Run ``run`` on every batch and compare with the PyTorch ``references`` (see :func:`compare`)."""
+    candidates = [run(batch.pixel_values) for batch in batches]
+    return compare(artifact, references, candidates, tolerance, threshold, [batch.name for batch in batches])

@@ -1,0 +1,300 @@
+"""Write the Triton model repository of docs/CONTRACT.md from typed configs, atomically.
+
+Models (``--name P`` replaces the ``aigi`` prefix): the ensemble ``P`` (image bytes -> ``probs``, ``p_fake``),
+``P_preprocess`` (Python backend), and one network model: ``P_cpu`` (Python backend running ONNX Runtime),
+``P_onnx`` (onnxruntime backend, GPU) or ``P_trt`` (TensorRT plan).
+
+Everything is staged in a folder beside the repository and moved into place at the end; a failed export
+leaves the previous repository as it was.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aigi.checkpoint import CheckpointMeta
+from aigi.errors import ExportError
+from aigi.export.onnx_export import INPUT_NAME
+from aigi.export.triton_config import (
+    DynamicBatching,
+    EnsembleStep,
+    InstanceGroup,
+    ModelWarmup,
+    TensorSpec,
+    TritonModelConfig,
+    WarmupInput,
+    preferred_batch_sizes,
+    render_config,
+)
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("cpu", "onnx", "trt")
+PRECISIONS = {"cpu": ("fp32", "int8"), "onnx": ("fp32", "fp16"), "trt": ("fp16",)}
+DEFAULT_PRECISION = {"cpu": "fp32", "onnx": "fp32", "trt": "fp16"}
+LABELS_FILENAME = "labels.txt"
+QUEUE_DELAY_US = 2000
+PYTHON_MODEL_SOURCES = {"preprocess": "preprocess.py", "cpu": "onnx_cpu.py"}
+# aigi_preprocess carries the few core modules it imports, for servers where aigi is not installed
+VENDORED_CORE = ("__init__.py", "errors.py", "preprocessing.py")
+
+
+def model_names(prefix: str) -> dict[str, str]:
+    """Every model name a prefix owns: ensemble, preprocess and the three network variants."""
+    return {
+        "ensemble": prefix,
+        "preprocess": f"{prefix}_preprocess",
+        **{backend: f"{prefix}_{backend}" for backend in BACKENDS},
+    }
+
+
+def python_model_source(kind: str) -> Path:
+    """The Python-backend source for ``kind`` (``preprocess`` or ``cpu``) from the ``aigi.triton_models`` package.
+
+    Raises:
+        ExportError: the source file is missing from the installed package.
+    """
+    filename = PYTHON_MODEL_SOURCES[kind]
+    try:
+        resource = importlib.resources.files("aigi.triton_models") / filename
+    except ModuleNotFoundError as exc:
+        raise ExportError(f"package aigi.triton_models is missing; cannot copy {filename}") from exc
+    if not resource.is_file():
+        raise ExportError(
+            f"Python-backend source aigi.triton_models/{filename} (model_repository/python_models/{filename}) "
+            "is missing; reinstall aigi"
+        )
+    return Path(str(resource))
+
+
+@dataclass
+class NetworkArtifacts:
+    """Files of the network model: version-folder name -> source file (moved into the repository)."""
+
+    files: dict[str, Path]
+    onnx_file: str = "model.onnx"
+
+
+@dataclass
+class RepositorySpec:
+    """Everything the writer needs to lay out one prefix's models."""
+
+    prefix: str
+    backend: str
+    precision: str
+    meta: CheckpointMeta
+    max_batch: int
+    network: NetworkArtifacts
+    python_env: dict[str, str] | None = None
+    intra_op_threads: int = 0
+    cpu_parameters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ExportError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS[self.backend]:
+            raise ExportError(
+                f"--precision {self.precision} does not apply to --backend {self.backend} "
+                f"(choose from {', '.join(PRECISIONS[self.backend])})"
+            )
+        if self.max_batch < 1:
+            raise ExportError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
+            raise ExportError(f"--name must be letters, digits, '_' or '-', got {self.prefix!r}")
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Model names for this prefix."""
+        return model_names(self.prefix)
+
+    @property
+    def network_name(self) -> str:
+        """Name of the network model (``P_cpu``, ``P_onnx`` or ``P_trt``)."""
+        return self.names[self.backend]
+
+
+def _pixel_dims(meta: CheckpointMeta) -> tuple[int, int, int]:
+    return (3, meta.preprocessing.size, meta.preprocessing.size)
+
+
+def _batching(max_batch: int) -> DynamicBatching:
+    return DynamicBatching(QUEUE_DELAY_US, preferred_batch_sizes(max_batch))
+
+
+def ensemble_config(spec: RepositorySpec) -> TritonModelConfig:
+    """The ensemble ``P``: ``image`` bytes -> preprocess -> network -> ``probs``, ``p_fake``."""
+    meta = spec.meta
+    return TritonModelConfig(
+        name=spec.names["ensemble"],
+        platform="ensemble",
+        max_batch_size=spec.max_batch,
+        inputs=[TensorSpec("image", "TYPE_STRING", (1,))],
+        outputs=[
+            TensorSpec("probs", "TYPE_FP32", (meta.num_labels,), label_filename=LABELS_FILENAME),
+            TensorSpec("p_fake", "TYPE_FP32", (1,)),
+        ],
+        ensemble_steps=[
+            EnsembleStep(spec.names["preprocess"], {"image": "image"}, {INPUT_NAME: INPUT_NAME}),
+            EnsembleStep(spec.network_name, {INPUT_NAME: INPUT_NAME}, {"probs": "probs", "p_fake": "p_fake"}),
+        ],
+        parameters={
+            "threshold": repr(float(meta.threshold)),
+            "labels": json.dumps(meta.labels),
+            "network_model": spec.network_name,
+            "preprocessing": json.dumps(meta.preprocessing.to_dict()),
+            "aigi_json": json.dumps(meta.to_dict(), separators=(",", ":")),
+        },
+    )
+
+
+def preprocess_config(spec: RepositorySpec) -> TritonModelConfig:
+    """``P_preprocess``: Python backend, ``image`` bytes -> ``pixel_values``."""
+    return TritonModelConfig(
+        name=spec.names["preprocess"],
+        backend="python",
+        max_batch_size=spec.max_batch,
+        inputs=[TensorSpec("image", "TYPE_STRING", (1,))],
+        outputs=[TensorSpec(INPUT_NAME, "TYPE_FP32", _pixel_dims(spec.meta))],
+        dynamic_batching=_batching(spec.max_batch),
+        instance_groups=[InstanceGroup("KIND_CPU", 1)],
+        parameters={"preprocessing": json.dumps(spec.meta.preprocessing.to_dict()), **(spec.python_env or {})},
+    )
+
+
+def network_config(spec: RepositorySpec) -> TritonModelConfig:
+    """The network model: ``pixel_values`` -> ``logits``, ``probs``, ``p_fake``, per backend."""
+    classes = spec.meta.num_labels
+    config = TritonModelConfig(
+        name=spec.network_name,
+        max_batch_size=spec.max_batch,
+        inputs=[TensorSpec(INPUT_NAME, "TYPE_FP32", _pixel_dims(spec.meta))],
+        outputs=[
+            TensorSpec("logits", "TYPE_FP32", (classes,)),
+            TensorSpec("probs", "TYPE_FP32", (classes,), label_filename=LABELS_FILENAME),
+            TensorSpec("p_fake", "TYPE_FP32", (1,)),
+        ],
+        dynamic_batching=_batching(spec.max_batch),
+        warmups=[ModelWarmup("random_batch_1", 1, {INPUT_NAME: WarmupInput("TYPE_FP32", _pixel_dims(spec.meta))})],
+        parameters={"precision": spec.precision},
+    )
+    if spec.backend == "cpu":
+        config.backend = "python"
+        config.instance_groups = [InstanceGroup("KIND_CPU", 1)]
+        config.parameters.update(
+            {
+                "onnx_file": spec.network.onnx_file,
+                "intra_op_threads": str(spec.intra_op_threads),
+                **spec.cpu_parameters,
+                **(spec.python_env or {}),
+            }
+        )
+    elif spec.backend == "onnx":
+        config.backend = "onnxruntime"
+        config.default_model_filename = "model.onnx"
+        config.instance_groups = [InstanceGroup("KIND_GPU", 1)]
+    else:
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = "model.plan"
+        config.instance_groups = [InstanceGroup("KIND_GPU", 1)]
+    return config
+
+
+def build_configs(spec: RepositorySpec) -> list[TritonModelConfig]:
+    """The three configs of a prefix: ensemble, preprocess, network."""
+    return [ensemble_config(spec), preprocess_config(spec), network_config(spec)]
+
+
+def _write_model(root: Path, config: TritonModelConfig, files: dict[str, Path], labels: list[str] | None) -> Path:
+    directory = root / config.name
+    (directory / "1").mkdir(parents=True, exist_ok=True)
+    (directory / "config.pbtxt").write_text(render_config(config))
+    if labels is not None:
+        (directory / LABELS_FILENAME).write_text("\n".join(labels) + "\n")
+    for relative, source in files.items():
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target) if source.suffix in (".py", ".sh") else shutil.move(str(source), target)
+    return directory
+
+
+def stage_models(staging: str | Path, spec: RepositorySpec) -> list[str]:
+    """Write the prefix's three model folders into ``staging`` (moving the network artifacts in).
+
+    Returns:
+        The model folder names written.
+
+    Raises:
+        ExportError: a Python-backend source or an artifact is missing.
+    """
+    staging = Path(staging)
+    for name, source in spec.network.files.items():
+        if not Path(source).is_file():
+            raise ExportError(f"artifact {name} was not produced ({source} missing)")
+    ensemble, preprocess, network = build_configs(spec)
+    _write_model(staging, ensemble, {}, spec.meta.labels)
+    core = Path(str(importlib.resources.files("aigi")))
+    preprocess_files = {"1/model.py": python_model_source("preprocess")}
+    preprocess_files.update({f"1/aigi/{name}": core / name for name in VENDORED_CORE})
+    _write_model(staging, preprocess, preprocess_files, None)
+    network_files = {f"1/{name}": Path(source) for name, source in spec.network.files.items()}
+    if spec.backend == "cpu":
+        network_files["1/model.py"] = python_model_source("cpu")
+    _write_model(staging, network, network_files, spec.meta.labels)
+    return [ensemble.name, preprocess.name, network.name]
+
+
+@contextmanager
+def staging_area(repo: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``repo`` (same filesystem, so moves are renames), removed on exit."""
+    repo = Path(repo).absolute()
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.export-", dir=repo.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def install(staged: str | Path, repo: str | Path, owned: list[str], top_level: list[str]) -> list[str]:
+    """Move staged model folders and top-level files into ``repo``, replacing what the prefix owned before.
+
+    Folders named in ``owned`` but not staged (say ``aigi_cpu`` after switching to ``--backend onnx``) are
+    removed, so the repository holds one network per prefix. Each replacement is a rename; if one fails, the
+    ones already done are rolled back.
+
+    Returns:
+        The names of folders removed because this export no longer writes them.
+    """
+    staged, repo = Path(staged), Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    backup = staged.parent / (staged.name + ".previous")
+    backup.mkdir()
+    moved: list[tuple[Path, Path]] = []  # (from, to), to undo in reverse
+    removed: list[str] = []
+    try:
+        for name in [*owned, *top_level]:
+            current, new = repo / name, staged / name
+            if current.exists():
+                os.replace(current, backup / name)
+                moved.append((current, backup / name))
+                if not new.exists():
+                    removed.append(name)
+            if new.exists():
+                os.replace(new, current)
+                moved.append((new, current))
+    except OSError as exc:
+        for source, target in reversed(moved):
+            os.replace(target, source)
+        raise ExportError(f"could not move the export into {repo}: {exc}; the repository is unchanged") from exc
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+    return removed

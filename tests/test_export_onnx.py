@@ -1,0 +1,130 @@
+"""ONNX export and its variants (FP16, INT8) against FP32 PyTorch, on the tiny preset (CPU, seconds)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from aigi.errors import ExportError  # noqa: E402
+from aigi.export import parity, variants  # noqa: E402
+from aigi.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, check_graph, export_onnx  # noqa: E402
+
+THRESHOLD = 0.4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from aigi.training.model import create_detector
+
+    detector, _ = create_detector("tiny", num_labels=5, seed=1)
+    detector.eval()
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    summary = export_onnx(detector, path, image_size=224)
+    batches = parity.random_batches(224, sizes=(1, 7))
+    references = [parity.torch_outputs(detector, batch.pixel_values) for batch in batches]
+    return detector, path, summary, batches, references
+
+
+def test_export_onnx_keeps_layernorm_nodes_when_opset_17(exported):
+    _, path, summary, _, _ = exported
+    model = onnx.load(str(path))
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert summary["opset"] == 17
+    assert ops["LayerNormalization"] == 10  # pre, 2 per block x 4 blocks, post
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES)
+
+
+def test_export_onnx_has_dynamic_batch_axis_when_exported(exported):
+    _, path, _, _, _ = exported
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        first = value.type.tensor_type.shape.dim[0]
+        assert not first.HasField("dim_value"), value.name
+    dims = [d.dim_value for d in model.graph.output[2].type.tensor_type.shape.dim[1:]]
+    assert dims == [1]  # p_fake [B, 1]
+
+
+@pytest.mark.parametrize("index,batch", [(0, 1), (1, 7)])
+def test_export_onnx_matches_pytorch_when_batch_is_1_or_7(exported, index, batch):
+    _, path, _, batches, references = exported
+    assert batches[index].pixel_values.shape[0] == batch
+    result = parity.check(
+        "model.onnx",
+        parity.onnx_runner(path),
+        [batches[index]],
+        [references[index]],
+        parity.TOLERANCES["fp32"],
+        THRESHOLD,
+    )
+    assert result.passed, result.summary()
+    assert result.max_abs["probs"] <= 1e-4
+    assert result.argmax_agreement == 1.0 and result.is_fake_agreement == 1.0
+    assert result.samples == batch
+
+
+def test_export_onnx_p_fake_is_one_minus_p_real_when_run(exported):
+    _, path, _, batches, _ = exported
+    outputs = parity.onnx_runner(path)(batches[1].pixel_values)
+    np.testing.assert_allclose(outputs["p_fake"][:, 0], 1.0 - outputs["probs"][:, 0], atol=1e-6)
+    np.testing.assert_allclose(outputs["probs"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_fp16_variant_within_tolerance_when_converted(exported, tmp_path):
+    _, path, _, batches, references = exported
+    fp16 = tmp_path / "model.fp16.onnx"
+    details = variants.make_fp16(path, fp16)
+    model = onnx.load(str(fp16))
+    # io stays FP32; matmul weights are FP16; LayerNorm runs in FP32
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    assert details["casts_added"] > 0
+    result = parity.check("fp16", parity.onnx_runner(fp16), batches, references, parity.TOLERANCES["fp16"], THRESHOLD)
+    assert result.passed, result.summary()
+    assert result.max_abs["probs"] > 0  # it really is a different numeric path
+
+
+def test_int8_variant_within_tolerance_when_quantized(exported, tmp_path):
+    _, path, _, batches, references = exported
+    int8 = tmp_path / "model.int8.onnx"
+    variants.make_int8(path, int8)
+    ops = Counter(node.op_type for node in onnx.load(str(int8)).graph.node)
+    assert ops["MatMulInteger"] > 0 or ops["DynamicQuantizeMatMul"] > 0
+    result = parity.check("int8", parity.onnx_runner(int8), batches, references, parity.TOLERANCES["int8"], THRESHOLD)
+    assert result.passed, result.summary()
+    assert 0.0 <= result.argmax_agreement <= 1.0
+
+
+def test_parity_fails_when_outputs_differ_past_tolerance(exported):
+    _, _, _, batches, references = exported
+    shifted = [{k: v + 1e-3 for k, v in ref.items()} for ref in references]
+    result = parity.compare("shifted", references, shifted, 1e-4, THRESHOLD)
+    assert not result.passed
+    assert result.max_abs["probs"] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_time_optimization_levels_reports_every_level_when_timed(exported):
+    _, path, _, _, _ = exported
+    timing = variants.time_optimization_levels(path, 224, batch=1, repeats=1)
+    assert set(timing["median_ms"]) == set(variants.OPT_LEVELS)
+    assert timing["best"] in variants.OPT_LEVELS
+
+
+def test_check_graph_rejects_wrong_output_names_when_renamed(exported, tmp_path):
+    _, path, _, _, _ = exported
+    model = onnx.load(str(path))
+    model.graph.output[1].name = "probz"
+    for node in model.graph.node:
+        node.output[:] = ["probz" if name == "probs" else name for name in node.output]
+        node.input[:] = ["probz" if name == "probs" else name for name in node.input]
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(ExportError, match="probz"):
+        check_graph(bad)

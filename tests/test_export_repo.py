@@ -1,0 +1,244 @@
+"""`aigi export` end to end on a tiny checkpoint, and `aigi repo check` on what it writes (CPU, about a minute)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+pytest.importorskip("tritonclient.grpc")
+
+from _export_helpers import LABELS, make_image_folder, make_tiny_checkpoint  # noqa: E402
+
+from aigi.cli import main  # noqa: E402
+from aigi.errors import ExportError  # noqa: E402
+from aigi.export import parity, repo_writer  # noqa: E402
+from aigi.export.manifest import read_manifest, verify_manifest  # noqa: E402
+from aigi.export.repo_check import check_repository  # noqa: E402
+from aigi.export.tensorrt_build import TRITON_IMAGE, tensorrt_missing  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "data")
+
+
+@pytest.fixture(scope="module")
+def cpu_repo(tmp_path_factory, checkpoint, images) -> Path:
+    """One CPU export shared by the checks (FP32, real images in the parity inputs, ORT levels timed)."""
+    repo = tmp_path_factory.mktemp("cpu") / "repo"
+    code = main(
+        ["-q", "export", "--checkpoint", str(checkpoint), "--repo", str(repo), "--backend", "cpu"]
+        + ["--parity-data", str(images), "--max-batch", "8"]
+    )
+    assert code == 0
+    return repo
+
+
+@pytest.fixture
+def cpu_copy(cpu_repo, tmp_path) -> Path:
+    """A private copy to damage."""
+    return Path(shutil.copytree(cpu_repo, tmp_path / "repo"))
+
+
+def _export(checkpoint: Path, repo: Path, *extra: str) -> int:
+    return main(["-q", "export", "--checkpoint", str(checkpoint), "--repo", str(repo), "--no-timing", *extra])
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+
+
+def test_export_writes_contract_layout_when_backend_is_cpu(cpu_repo):
+    for relative in (
+        "MANIFEST.json",
+        "aigi/config.pbtxt",
+        "aigi/labels.txt",
+        "aigi_preprocess/config.pbtxt",
+        "aigi_preprocess/1/model.py",
+        "aigi_cpu/config.pbtxt",
+        "aigi_cpu/1/model.py",
+        "aigi_cpu/1/model.onnx",
+        "aigi_export_report.json",
+        "aigi_EXPORT.md",
+    ):
+        assert (cpu_repo / relative).is_file(), relative
+    assert (cpu_repo / "aigi" / "1").is_dir()
+    assert (cpu_repo / "aigi" / "labels.txt").read_text().split() == LABELS
+    manifest = read_manifest(cpu_repo)
+    assert manifest["exports"]["aigi"]["backend"] == "cpu"
+    assert "aigi_cpu/1/model.onnx" in manifest["files"]
+
+
+def test_export_report_records_parity_and_corrupt_images_when_parity_data_given(cpu_repo):
+    report = json.loads((cpu_repo / "aigi_export_report.json").read_text())
+    steps = {step["step"]: step for step in report["steps"]}
+    assert steps["export"]["status"] == "ok"
+    assert steps["export"]["parity"]["max_abs"]["probs"] <= 1e-4
+    assert steps["export"]["parity"]["samples"] == 1 + 7 + 4
+    assert steps["optimize"]["details"]["timing"]["chosen"] in ("disable", "basic", "extended", "all")
+    assert len(report["parity_inputs"]["images_used"]) == 4
+    assert len(report["parity_inputs"]["corrupt"]) == 1  # counted and named, not silently dropped
+    assert "| export | ok |" in (cpu_repo / "aigi_EXPORT.md").read_text()
+
+
+def test_repo_check_accepts_repository_when_backend_is_cpu(cpu_repo, capsys):
+    assert main(["repo", "check", str(cpu_repo)]) == 0
+    out = capsys.readouterr().out
+    assert "OK: 3 models (aigi, aigi_cpu, aigi_preprocess)" in out
+
+
+def test_repo_check_prints_json_when_asked(cpu_repo, capsys):
+    assert main(["repo", "check", str(cpu_repo), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is True and result["problems"] == [] and result["files_verified"] > 5
+
+
+def test_repo_check_accepts_repository_when_backend_is_onnx_with_name_prefix(cpu_copy, checkpoint, capsys):
+    assert _export(checkpoint, cpu_copy, "--backend", "onnx", "--name", "det", "--precision", "fp16") == 0
+    assert (cpu_copy / "det_onnx" / "1" / "model.onnx").is_file()
+    report = check_repository(cpu_copy)
+    assert report.ok, report.problems
+    assert {"aigi", "aigi_cpu", "det", "det_onnx", "det_preprocess"} <= set(report.models)
+    assert set(read_manifest(cpu_copy)["exports"]) == {"aigi", "det"}
+    assert 'backend: "onnxruntime"' in (cpu_copy / "det_onnx" / "config.pbtxt").read_text()
+
+
+def test_export_replaces_network_model_when_backend_changes(cpu_copy, checkpoint):
+    assert _export(checkpoint, cpu_copy, "--backend", "onnx") == 0
+    assert not (cpu_copy / "aigi_cpu").exists()
+    assert (cpu_copy / "aigi_onnx" / "1" / "model.onnx").is_file()
+    assert check_repository(cpu_copy).ok
+
+
+def test_repo_check_reports_wrong_tensor_name_when_config_is_edited(cpu_copy, capsys):
+    config = cpu_copy / "aigi_cpu" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "logits"', 'name: "logitz"'))
+    assert main(["repo", "check", str(cpu_copy)]) == 1
+    err = capsys.readouterr().err
+    assert "aigi_cpu/1/model.onnx: output 'logitz' is not among the outputs of model.onnx" in err
+    assert "aigi_cpu/config.pbtxt: sha256 differs from MANIFEST.json" in err
+
+
+def test_repo_check_reports_label_count_mismatch_when_labels_file_grows(cpu_copy):
+    labels = cpu_copy / "aigi" / "labels.txt"
+    labels.write_text(labels.read_text() + "extra\n")
+    problems = check_repository(cpu_copy).problems
+    assert "aigi/labels.txt: 4 labels but output 'probs' has 3 values" in problems
+
+
+def test_repo_check_reports_missing_version_folder_when_removed(cpu_copy):
+    shutil.rmtree(cpu_copy / "aigi" / "1")
+    problems = check_repository(cpu_copy).problems
+    assert "aigi: no version folder (expected aigi/1/)" in problems
+
+
+def test_repo_check_reports_tampered_artifact_when_bytes_change(cpu_copy):
+    onnx_file = cpu_copy / "aigi_cpu" / "1" / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a weight tensor: same size, still a valid graph
+    onnx_file.write_bytes(bytes(data))
+    problems = check_repository(cpu_copy).problems
+    assert problems == ["aigi_cpu/1/model.onnx: sha256 differs from MANIFEST.json (modified after export)"]
+
+
+def test_repo_check_reports_missing_artifact_when_deleted(cpu_copy):
+    (cpu_copy / "aigi_cpu" / "1" / "model.onnx").unlink()
+    problems = check_repository(cpu_copy).problems
+    assert "aigi_cpu/1/model.onnx: missing (parameter onnx_file)" in problems
+    assert "aigi_cpu/1/model.onnx: listed in MANIFEST.json but missing" in problems
+
+
+def test_repo_check_reports_unknown_step_model_when_ensemble_points_nowhere(cpu_copy):
+    shutil.rmtree(cpu_copy / "aigi_preprocess")
+    problems = check_repository(cpu_copy).problems
+    assert any("step 1 (aigi_preprocess): model 'aigi_preprocess' is not in the repository" in p for p in problems)
+
+
+def test_repo_check_exits_nonzero_when_folder_is_missing(tmp_path, capsys):
+    assert main(["repo", "check", str(tmp_path / "nope")]) == 2
+    assert "no such repository folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present: the engine would be built")
+def test_export_trt_exits_3_and_leaves_build_script_when_tensorrt_missing(checkpoint, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    assert _export(checkpoint, repo, "--backend", "trt", "--max-batch", "16") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TensorRT engine not built" in err[0] and "build_engine.sh" in err[0]
+    version = repo / "aigi_trt" / "1"
+    assert (repo / "aigi_trt" / "config.pbtxt").is_file()
+    assert (version / "model.fp16.onnx").is_file()
+    assert not (version / "model.plan").exists()
+    script = (version / "build_engine.sh").read_text()
+    assert TRITON_IMAGE in script and "--stronglyTyped" in script
+    assert "--minShapes=pixel_values:1x3x224x224" in script and "--maxShapes=pixel_values:16x3x224x224" in script
+    assert "--timingCacheFile=" in script
+    problems = check_repository(repo).problems
+    assert problems == ["aigi_trt/1/model.plan: missing (tensorrt_plan artifact)"]
+    # what build_engine.sh adds later is sealed into the manifest by `aigi repo manifest`
+    (version / "model.plan").write_bytes(b"engine bytes")
+    assert "aigi_trt/1/model.plan: not listed in MANIFEST.json" in check_repository(repo).problems
+    assert main(["repo", "manifest", str(repo)]) == 0
+    assert check_repository(repo).ok
+
+
+def test_failed_export_leaves_previous_repository_intact_when_a_late_step_fails(
+    cpu_copy, checkpoint, monkeypatch, capsys
+):
+    before = _snapshot(cpu_copy)
+
+    def missing(kind: str):
+        raise ExportError(f"Python-backend source for {kind} is missing")
+
+    monkeypatch.setattr(repo_writer, "python_model_source", missing)
+    assert _export(checkpoint, cpu_copy, "--backend", "onnx") == 2
+    assert "Python-backend source for preprocess is missing" in capsys.readouterr().err
+    assert _snapshot(cpu_copy) == before
+    assert verify_manifest(cpu_copy)[0] == []
+    assert [p.name for p in cpu_copy.parent.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_export_raises_parity_error_and_writes_nothing_when_tolerance_is_exceeded(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(parity.TOLERANCES, "fp32", -1.0)
+    repo = tmp_path / "repo"
+    assert _export(checkpoint, repo, "--backend", "cpu") == 2
+    captured = capsys.readouterr()
+    assert "export: model.onnx differs from PyTorch past tolerance" in captured.err
+    assert "FAILED" in captured.out  # the step line still shows the diffs
+    assert not repo.exists() or not any(repo.iterdir())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_rejects_precision_when_backend_lacks_it(checkpoint, tmp_path, capsys):
+    assert _export(checkpoint, tmp_path / "repo", "--backend", "cpu", "--precision", "fp16") == 2
+    assert "--precision fp16 does not apply to --backend cpu" in capsys.readouterr().err
+
+
+def test_python_model_source_fails_clearly_when_file_is_missing(monkeypatch):
+    monkeypatch.setitem(repo_writer.PYTHON_MODEL_SOURCES, "cpu", "no_such_model.py")
+    with pytest.raises(ExportError, match="no_such_model.py .* is missing"):
+        repo_writer.python_model_source("cpu")
+    assert repo_writer.python_model_source("preprocess").name == "preprocess.py"
+
+
+def test_default_parity_dir_uses_training_data_when_it_still_exists(checkpoint, images, tmp_path):
+    from aigi.checkpoint import load_meta
+    from aigi.export.pipeline import default_parity_dir
+
+    meta = load_meta(checkpoint)
+    meta.training = {"data": str(images), "epochs": 1}
+    assert default_parity_dir(meta) == images
+    meta.training = {"data": str(tmp_path / "gone")}
+    assert default_parity_dir(meta) is None

@@ -1,0 +1,155 @@
+"""The embedded Triton server (aigi.server, aigi serve) and the Python-backend models it serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from aigi.errors import ServerError
+from aigi.server import TritonServer, free_port
+from aigi.server_commands import docker_command
+
+
+def _grpc(server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient, grpcclient.InferenceServerClient(server.endpoints["grpc"])
+
+
+@pytest.mark.triton
+def test_triton_server_reports_ready_models_and_endpoints_when_started_on_exported_repo(triton_server) -> None:
+    states = {model["name"]: model.get("state") for model in triton_server.models()}
+    assert states == {"aigi": "READY", "aigi_preprocess": "READY", "aigi_cpu": "READY"}
+    endpoints = triton_server.endpoints
+    assert endpoints["grpc"] == f"127.0.0.1:{triton_server.ports['grpc']}"
+    assert endpoints["http_url"] == f"http://127.0.0.1:{triton_server.ports['http']}"
+    assert triton_server.running
+
+
+@pytest.mark.triton
+def test_preprocess_model_fails_only_the_bad_request_when_requests_share_a_batch(triton_server, sample_images) -> None:
+    grpcclient, client = _grpc(triton_server)
+    outcomes: dict[str, object] = {}
+    done = threading.Event()
+    payloads = {"good1": sample_images[0], "bad": b"definitely not an image", "good2": sample_images[1]}
+
+    def callback(tag: str):
+        def record(result, error) -> None:
+            outcomes[tag] = error if error is not None else result.as_numpy("pixel_values")
+            if len(outcomes) == len(payloads):
+                done.set()
+
+        return record
+
+    for tag, payload in payloads.items():  # sent back to back so the dynamic batcher can merge them
+        tensor = grpcclient.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[payload]], dtype=object))
+        client.async_infer("aigi_preprocess", [tensor], callback(tag))
+    assert done.wait(60)
+    assert "invalid image" in outcomes["bad"].message()
+    for tag in ("good1", "good2"):
+        assert outcomes[tag].shape == (1, 3, 224, 224)
+        assert outcomes[tag].dtype == np.float32
+
+
+@pytest.mark.triton
+def test_network_model_batches_concurrent_requests_when_sent_at_once(triton_server) -> None:
+    grpcclient, client = _grpc(triton_server)
+    before = client.get_inference_statistics("aigi_cpu", as_json=True)["model_stats"][0]
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    pending = []
+    for _ in range(24):
+        tensor = grpcclient.InferInput("pixel_values", [1, 3, 224, 224], "FP32")
+        tensor.set_data_from_numpy(pixels)
+        pending.append(client.async_infer("aigi_cpu", [tensor], lambda result, error: None))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = client.get_inference_statistics("aigi_cpu", as_json=True)["model_stats"][0]
+        inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+        if inferences >= 24:
+            break
+        time.sleep(0.05)
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    assert inferences == 24
+    assert executions < inferences, f"{inferences} inferences ran in {executions} executions: no batching"
+
+
+@pytest.mark.triton
+def test_triton_server_raises_server_error_with_log_when_a_model_fails_to_load(serve_repo, tmp_path) -> None:
+    broken = tmp_path / "repo"
+    shutil.copytree(serve_repo, broken)
+    (broken / "aigi_cpu" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+    server = TritonServer(broken)
+    server.start()
+    try:
+        with pytest.raises(ServerError, match="exited with code") as caught:
+            server.wait_ready(timeout=120)
+    finally:
+        server.stop()
+    assert "aigi_cpu" in str(caught.value)
+    assert not server.running
+
+
+def test_triton_server_raises_server_error_when_repo_is_missing(tmp_path) -> None:
+    with pytest.raises(ServerError, match="does not exist"):
+        TritonServer(tmp_path / "nowhere").start()
+
+
+@pytest.mark.triton
+def test_triton_server_raises_server_error_when_a_fixed_port_is_taken(triton_server, serve_repo) -> None:
+    server = TritonServer(serve_repo, grpc_port=triton_server.ports["grpc"])
+    server.start()
+    try:
+        with pytest.raises(ServerError, match="already in use"):
+            server.wait_ready(timeout=120)
+    finally:
+        server.stop()
+
+
+def test_print_docker_names_triton_image_and_repo_when_asked(tmp_path, capsys) -> None:
+    from aigi.cli import main
+
+    assert main(["serve", "--repo", str(tmp_path), "--http-port", "9000", "--print-docker"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == docker_command(tmp_path, 9000, 8001, 8002)
+    assert f"-v {tmp_path.resolve()}:/models" in line and "-p 9000:8000" in line
+    assert "nvcr.io/nvidia/tritonserver:" in line and line.endswith("tritonserver --model-repository=/models")
+
+
+@pytest.mark.triton
+def test_serve_command_prints_endpoints_and_stops_cleanly_when_sent_sigterm(serve_repo) -> None:
+    ports = [free_port() for _ in range(3)]
+    command = [sys.executable, "-m", "aigi.cli", "serve", "--repo", str(serve_repo)]
+    command += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        lines = []
+        for line in process.stdout:  # blocks until the server is ready (or the command fails)
+            lines.append(line)
+            if line.startswith("{"):
+                break
+        ready = json.loads(lines[-1])
+        assert ready["event"] == "ready"
+        assert ready["grpc"] == f"127.0.0.1:{ports[1]}"
+        assert any(line.startswith("model   aigi ") for line in lines)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "tritonserver stopped (exit code 0)" in stderr
+    with pytest.raises(OSError):  # nothing listens on the gRPC port any more
+        import socket
+
+        socket.create_connection(("127.0.0.1", ports[1]), timeout=1).close()
