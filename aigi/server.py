@@ -108,6 +108,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def model_folders(repo: Path) -> list[str]:
+    """Names of the model folders (those holding a ``config.pbtxt``) in a repository.
+
+    Raises:
+        ServerError: the repository is missing or holds no model.
+    """
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ServerError(f"model repository {repo} does not exist; create one with 'aigi export'")
+    names = sorted(child.name for child in repo.iterdir() if (child / "config.pbtxt").is_file())
+    if not names:
+        raise ServerError(f"model repository {repo} holds no model (no */config.pbtxt); run 'aigi export' first")
+    return names
+
+
 class TritonServer:
     """One ``tritonserver`` process serving a model repository, bound to 127.0.0.1 by default.
 
@@ -214,6 +229,10 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
+            # explicit loading of the folders that hold a config: the default repository also keeps
+            # source (python_models/) and notes that Triton would otherwise try, and fail, to load
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in model_folders(self.repo)),
             # regions in /dev/shm are named after this prefix; two servers sharing one collide
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--backend-config=python,shm-default-byte-size=4194304",
