@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "aigi.server_commands",
     "aigi.client.commands",
     "aigi.benchmarks.commands",
+    "aigi.benchmarks.demo",
 )
 
 
