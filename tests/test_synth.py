@@ -1,0 +1,144 @@
+"""The offline benchmark: deterministic, disjoint photos per split, shared formats, photo-like generated images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aigi.errors import DatasetError
+from aigi.labels import REAL
+from aigi.training import synth
+from aigi.training.datasets import index_dataset
+from aigi.training.synth import synthesize, trivial_feature_baseline
+
+TINY = {"train_per_class": 10, "val_per_class": 2, "test_per_class": 3, "size": 64, "seed": 0, "progress": False}
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in root.rglob("*.*")}
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("synth") / "bench"
+    return root, synthesize(root, workers=1, **TINY)
+
+
+def test_synthesize_writes_identical_files_when_seed_repeats_across_worker_counts(
+    tiny_benchmark: tuple[Path, dict], tmp_path: Path
+) -> None:
+    root, _ = tiny_benchmark
+
+    synthesize(tmp_path / "again", workers=2, **TINY)
+
+    assert _hashes(tmp_path / "again") == _hashes(root)
+
+
+def test_synthesize_changes_images_when_seed_changes(tiny_benchmark: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tiny_benchmark
+
+    synthesize(tmp_path / "other", workers=1, **{**TINY, "seed": 1})
+
+    images = {name: digest for name, digest in _hashes(root).items() if not name.endswith(".json")}
+    other = _hashes(tmp_path / "other")
+    assert sum(other.get(name) == digest for name, digest in images.items()) == 0
+
+
+def test_synthesize_builds_real_and_four_generators_when_run(tiny_benchmark: tuple[Path, dict]) -> None:
+    root, summary = tiny_benchmark
+
+    index = index_dataset(root)
+
+    assert index.layout == "splits"
+    assert index.class_names[0] == REAL and len(index.class_names) >= 5
+    assert index.counts()["train"] == {label: 10 for label in index.class_names}
+    assert index.counts()["test"] == {label: 3 for label in index.class_names}
+    assert json.loads((root / "synth.json").read_text()) == summary
+    assert set(summary["generators"]) == set(index.class_names[1:])
+    assert "not real generator output" in summary["note"]
+    assert all(Image.open(path).size == (64, 64) for path in list(root.rglob("*.png"))[:10])
+
+
+def test_synthesize_draws_splits_from_disjoint_photos_when_run(tiny_benchmark: tuple[Path, dict]) -> None:
+    _, summary = tiny_benchmark
+    photos = {split: set(names) for split, names in summary["source_photos"].items()}
+
+    assert photos["train"] and photos["val"] and photos["test"]
+    assert not photos["train"] & photos["test"]
+    assert not photos["train"] & photos["val"]
+    assert not photos["val"] & photos["test"]
+
+
+def test_synthesize_mixes_jpeg_and_png_in_both_classes_when_run(tiny_benchmark: tuple[Path, dict]) -> None:
+    root, _ = tiny_benchmark
+    real = {path.suffix for path in root.glob(f"*/{REAL}/*")}
+    generated = {path.suffix for path in root.glob("*/*/*") if path.parent.name != REAL}
+
+    assert real == {".jpg", ".png"}
+    assert generated == {".jpg", ".png"}
+
+
+def test_generated_image_keeps_source_brightness_and_looks_like_it_when_any_generator_runs() -> None:
+    rng = np.random.default_rng(0)
+    source = synth._random_crop(rng, synth.PHOTOS_BY_SPLIT["train"][:2], 64)
+    for name in synth.GENERATORS:
+        generated = synth._match_stats(
+            synth._generate(name, synth._generator_kernels(name), source, rng), source, gray=False
+        )
+
+        assert generated.shape == source.shape and generated.dtype == np.uint8
+        np.testing.assert_allclose(generated.mean(axis=(0, 1)), source.mean(axis=(0, 1)), atol=1.0)
+        np.testing.assert_allclose(generated.std(axis=(0, 1)), source.std(axis=(0, 1)), rtol=0.05)
+        psnr = 10 * np.log10(255.0**2 / np.mean((generated.astype(float) - source) ** 2))
+        assert 24 < psnr < 60, f"{name}: PSNR {psnr:.1f} dB against its source"
+
+
+def test_generated_classes_match_real_brightness_when_benchmark_is_built(tiny_benchmark: tuple[Path, dict]) -> None:
+    root, _ = tiny_benchmark
+
+    def mean_brightness(label: str) -> float:
+        return float(np.mean([np.asarray(Image.open(p).convert("L")).mean() for p in root.glob(f"*/{label}/*")]))
+
+    real = mean_brightness(REAL)
+    for name in synth.GENERATORS:
+        assert abs(mean_brightness(name) - real) < 25
+
+
+def test_trivial_feature_baseline_reports_balanced_accuracies_when_benchmark_exists(
+    tiny_benchmark: tuple[Path, dict],
+) -> None:
+    root, _ = tiny_benchmark
+
+    result = trivial_feature_baseline(root)
+
+    assert 0.0 <= result["logistic_balanced_accuracy"] <= 1.0
+    assert set(result["per_feature_balanced_accuracy"]) == set(result["features"])
+    assert "bytes_per_pixel" in result["features"] and "mean_brightness" in result["features"]
+
+
+def test_synthesize_replaces_its_own_files_when_rerun_with_fewer_images(tmp_path: Path) -> None:
+    small = {**TINY, "train_per_class": 2, "val_per_class": 1, "test_per_class": 1}
+    synthesize(tmp_path, workers=1, **small)
+    synthesize(tmp_path, workers=1, **{**small, "train_per_class": 1})
+
+    assert len(list((tmp_path / "train" / REAL).iterdir())) == 1
+
+
+def test_synthesize_raises_dataset_error_when_folder_holds_other_files(tmp_path: Path) -> None:
+    (tmp_path / "train" / REAL).mkdir(parents=True)
+    (tmp_path / "train" / REAL / "mine.jpg").write_bytes(b"user data")
+
+    with pytest.raises(DatasetError, match="did not write"):
+        synthesize(tmp_path, workers=1, **TINY)
+    assert (tmp_path / "train" / REAL / "mine.jpg").exists()
+
+
+@pytest.mark.parametrize("size", [0, 60, 100000])
+def test_synthesize_raises_dataset_error_when_size_is_unusable(tmp_path: Path, size: int) -> None:
+    with pytest.raises(DatasetError, match="size"):
+        synthesize(tmp_path, workers=1, **{**TINY, "size": size})
