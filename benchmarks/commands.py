@@ -1,0 +1,147 @@
+"""CLI: ``aigi bench``. Light at import: torch, ONNX Runtime and tritonclient load inside the handler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+QUICK = {
+    "batch_sizes": (1, 8),
+    "concurrency": (1, 2),
+    "duration_s": 1.0,
+    "min_iters": 3,
+    "warmup": 1,
+    "pool_batches": 2,
+    "agreement_images": 32,
+}
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` to the ``aigi`` parser."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark every runtime on this machine side by side (speed, memory, agreement)",
+        description="Run one workload through every available runtime (PyTorch eager/autocast/compile, ONNX Runtime "
+        "FP32/INT8, TensorRT, Triton tensor and bytes paths over gRPC and HTTP), sweeping batch size and client "
+        "concurrency. Writes bench.json, BENCH.md and PNG plots into --out.",
+    )
+    bench.add_argument(
+        "--model", help="architecture preset for the speed cells (default: the checkpoint's, else vit-b-32)"
+    )
+    bench.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="run directory; its weights give the agreement numbers (on its own architecture when --model differs)",
+    )
+    bench.add_argument("--runtimes", help="comma-separated names or patterns (e.g. 'torch-*,ort-cpu-*'); default all")
+    bench.add_argument("--exclude", help="runtimes to leave out (names or patterns), listed as skipped")
+    bench.add_argument("--exclude-reason", default="excluded (--exclude)", help="reason the report gives for them")
+    bench.add_argument("--batch-sizes", type=_int_list, help="default 1,8,32")
+    bench.add_argument("--concurrency", type=_int_list, help="client streams for server runtimes; default 1,2,4")
+    bench.add_argument("--duration", type=float, help="seconds per cell (at least --min-iters requests); default 3")
+    bench.add_argument("--iters", type=int, help="exactly this many requests per cell instead of --duration")
+    bench.add_argument("--min-iters", type=int, help="fewest requests per cell in --duration mode; default 5")
+    bench.add_argument("--warmup", type=int, help="untimed calls per stream before each cell; default 3")
+    bench.add_argument("--pool-batches", type=int, help="distinct input batches cycled per cell; default 4")
+    bench.add_argument("--agreement-images", type=int, help="images for agreement with FP32 PyTorch; default 128")
+    bench.add_argument(
+        "--images",
+        type=Path,
+        help="benchmark images (default: the checkpoint's test data, else a synthesized offline set)",
+    )
+    bench.add_argument(
+        "--repo",
+        type=Path,
+        action="append",
+        default=[],
+        help="serve this exported repository for the Triton cells instead of exporting one (repeatable)",
+    )
+    bench.add_argument(
+        "--triton-threads",
+        type=int,
+        default=0,
+        help="intra-op threads of the served aigi_cpu model when exporting (0: ONNX Runtime's default)",
+    )
+    bench.add_argument(
+        "--budget", type=float, help="seconds for the whole run; cells left when it is spent are listed as skipped"
+    )
+    bench.add_argument(
+        "--perf-analyzer",
+        action="store_true",
+        help="also drive perf_analyzer on the Triton models (skipped with a message when it is not installed)",
+    )
+    bench.add_argument("--quick", action="store_true", help="a short sweep: batch 1,8, concurrency 1,2, 1 s cells")
+    bench.add_argument("--workdir", type=Path, help="keep exports and engines here (default: a temporary folder)")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
+    bench.add_argument("--list", action="store_true", help="list the runtimes and whether this machine has them")
+    bench.set_defaults(handler=_bench)
+
+
+def _list_runtimes() -> int:
+    from aigi.benchmarks.runtimes import RUNTIMES
+
+    for spec in RUNTIMES:
+        reason = spec.precheck()
+        print(f"{spec.name:<30} {'available' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from aigi.benchmarks.harness import BenchConfig, run_bench
+    from aigi.benchmarks.report import JSON_NAME, MARKDOWN_NAME
+
+    if args.list:
+        return _list_runtimes()
+    settings = dict(QUICK) if args.quick else {}
+    flags = {
+        "batch_sizes": args.batch_sizes,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "iters": args.iters,
+        "min_iters": args.min_iters,
+        "warmup": args.warmup,
+        "pool_batches": args.pool_batches,
+        "agreement_images": args.agreement_images,
+    }
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    config = BenchConfig(
+        out=args.out,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        runtimes=args.runtimes,
+        exclude=args.exclude,
+        exclude_reason=args.exclude_reason,
+        images=args.images,
+        repos=list(args.repo),
+        triton_threads=args.triton_threads,
+        budget_s=args.budget,
+        perf_analyzer=args.perf_analyzer,
+        workdir=args.workdir,
+        **settings,
+    )
+    results = run_bench(config)
+    ok = [cell for cell in results["cells"] if cell.get("status") == "ok"]
+    skipped = [name for name, entry in results["runtimes"].items() if entry["status"] != "ok"]
+    print(
+        f"{len(ok)} cells over {len(results['runtimes']) - len(skipped)} runtimes"
+        + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+    )
+    for verdict in results.get("targets", []):
+        state = {True: "met", False: "NOT met", None: "not measured"}[verdict["met"]]
+        ratio = f" ({verdict['ratio']:.2f}x)" if verdict.get("ratio") is not None else ""
+        print(f"target {verdict['key']}: {state}{ratio}")
+    print(f"wrote {args.out / JSON_NAME}, {args.out / MARKDOWN_NAME} and plots")
+    return 0

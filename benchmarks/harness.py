@@ -1,0 +1,448 @@
+"""The sweep: every available runtime x batch size x client concurrency, measured in one run, side by side.
+
+Order of work: resolve the architecture and weights; find the benchmark images; measure the GPU's matmul
+peak (on a GPU); set up every runtime (Triton first, so in-process ONNX Runtime loads the served files);
+compute agreement with FP32 PyTorch; then measure cells interleaved by batch size (for each batch size,
+every runtime, every concurrency) so drift on a shared machine hits all runtimes alike; finally run
+perf_analyzer if asked, tear everything down, and compute agreement on the checkpoint's own architecture
+when the speed architecture (``--model``) differs from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aigi import __version__
+from aigi.benchmarks import perf_analyzer
+from aigi.benchmarks.agreement import agreement_on, agreement_rebuilt
+from aigi.benchmarks.artifacts import ArtifactStore, random_checkpoint, same_architecture
+from aigi.benchmarks.lifecycle import memory_probe, safe_info, setup_runtime, teardown
+from aigi.benchmarks.runtimes import (
+    BASELINE,
+    BaseRuntime,
+    RuntimeSpec,
+    select_runtimes,
+)
+from aigi.benchmarks.timing import InputPool, measure
+from aigi.benchmarks.workload import ImageSet, bytes_pool, find_benchmark_images, tensor_pool
+from aigi.checkpoint import CheckpointMeta, load_meta
+from aigi.errors import AigiError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "vit-b-32"
+
+
+@dataclass
+class BenchConfig:
+    """Settings of one ``aigi bench`` run (the CLI flags)."""
+
+    out: Path
+    model: str | None = None
+    checkpoint: Path | None = None
+    runtimes: str | None = None
+    exclude: str | None = None
+    exclude_reason: str = "excluded (--exclude)"
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    concurrency: tuple[int, ...] = (1, 2, 4)
+    duration_s: float = 3.0
+    iters: int | None = None
+    min_iters: int = 5
+    warmup: int = 3
+    pool_batches: int = 4
+    agreement_images: int = 128
+    agreement_batch: int = 8
+    images: Path | None = None
+    repos: list[Path] = field(default_factory=list)
+    triton_threads: int = 0
+    budget_s: float | None = None
+    cell_timeout_s: float = 300.0
+    perf_analyzer: bool = False
+    workdir: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise AigiError("--batch-sizes must be positive integers")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise AigiError("--concurrency must be positive integers")
+        if self.iters is None and self.duration_s <= 0:
+            raise AigiError("--duration must be positive")
+        if self.pool_batches < 2:
+            raise AigiError("--pool-batches must be at least 2 (inputs are rotated)")
+
+    @property
+    def max_batch(self) -> int:
+        """Largest batch any request carries."""
+        return max(*self.batch_sizes, self.agreement_batch)
+
+
+@dataclass
+class _Plan:
+    """What the run measures: the architectures, their stores, and the runtimes."""
+
+    model_name: str
+    weights: str
+    speed: ArtifactStore
+    agreement: ArtifactStore
+    specs: list[RuntimeSpec]
+    skipped: dict[str, dict[str, Any]]
+    preset_gflops: float | None
+
+
+def _resolve_model(config: BenchConfig) -> tuple[str, CheckpointMeta | None, bool]:
+    """``(speed architecture name, checkpoint meta, whether the checkpoint is that architecture)``."""
+    from aigi.training.presets import PRESETS, get_preset
+
+    meta = load_meta(config.checkpoint) if config.checkpoint else None
+    if config.model is not None and get_preset(config.model) is None:
+        raise AigiError(f"--model {config.model!r} is not a preset; choose from {', '.join(PRESETS)}")
+    if meta is not None and config.model is None:
+        return meta.architecture.source, meta, True
+    name = config.model or DEFAULT_MODEL
+    return name, meta, meta is not None and same_architecture(meta, name)
+
+
+def plan(config: BenchConfig, workdir: Path) -> _Plan:
+    """Decide architectures, stores and runtimes (nothing heavy is built yet)."""
+    from aigi.training.presets import get_preset
+
+    name, meta, same = _resolve_model(config)
+    specs = select_runtimes(config.runtimes)
+    skipped: dict[str, dict[str, Any]] = {}
+    if config.exclude:
+        for spec in select_runtimes(config.exclude):
+            skipped[spec.name] = {"status": "skipped", "reason": config.exclude_reason}
+    specs = [spec for spec in specs if spec.name not in skipped]
+    available = []
+    for spec in specs:
+        reason = spec.precheck()
+        if reason:
+            skipped[spec.name] = {"status": "skipped", "reason": reason}
+        else:
+            available.append(spec)
+    triton_precisions = {spec.precision for spec in available if spec.family == "triton"}
+    common = {
+        "max_batch": config.max_batch,
+        "triton_precisions": triton_precisions,
+        "repos": config.repos,
+        "triton_threads": config.triton_threads,
+    }
+    if same:
+        speed = ArtifactStore(config.checkpoint, workdir / "speed", weights="checkpoint", **common)
+        agreement = speed
+    else:
+        checkpoint = random_checkpoint(name, workdir / "random-init")
+        # --repo serves the checkpoint's own export, which speed cells on another architecture cannot use
+        speed_common = {**common, "repos": [] if meta is not None else config.repos}
+        speed = ArtifactStore(checkpoint, workdir / "speed", weights="random-init", **speed_common)
+        agreement = (
+            ArtifactStore(config.checkpoint, workdir / "agreement", weights="checkpoint", **common)
+            if meta is not None
+            else speed
+        )
+    preset = get_preset(name)
+    return _Plan(
+        name, speed.weights, speed, agreement, available, skipped, preset.gflops if preset is not None else None
+    )
+
+
+class Harness:
+    """One benchmark run; :meth:`run` returns the results dict the report writer takes."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        self.config = config
+        self.started = time.monotonic()
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _out_of_time(self) -> str | None:
+        budget = self.config.budget_s
+        if budget is not None and self._elapsed() > budget:
+            return f"time budget of {budget:.0f} s spent"
+        return None
+
+    def run(self) -> dict[str, Any]:
+        """Plan, set up, measure, tear down; see the module docstring."""
+        from aigi.benchmarks.environment import collect_environment
+
+        config = self.config
+        owned_tmp = None
+        if config.workdir is None:
+            owned_tmp = tempfile.TemporaryDirectory(prefix="aigi-bench-")
+            workdir = Path(owned_tmp.name)
+        else:
+            workdir = Path(config.workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+        environment = collect_environment()
+        the_plan = plan(config, workdir)
+        try:
+            return self._run(the_plan, environment, workdir)
+        finally:
+            the_plan.speed.close()
+            the_plan.agreement.close()
+            if owned_tmp is not None:
+                owned_tmp.cleanup()
+
+    def _run(self, the_plan: _Plan, environment: dict, workdir: Path) -> dict[str, Any]:
+        from aigi.benchmarks.flops import gflops_per_image, measure_matmul_peak
+
+        config = self.config
+        speed, agree = the_plan.speed, the_plan.agreement
+        images = find_benchmark_images(
+            config.images,
+            agree.meta if agree.weights == "checkpoint" else None,
+            max(config.agreement_images, config.max_batch * config.pool_batches),
+            speed.meta.preprocessing,
+            workdir,
+        )
+        tensors = images.tensors(speed.meta.preprocessing)
+        on_gpu = environment.get("gpu") is not None
+        gpu_peak = measure_matmul_peak() if on_gpu else None
+        arch = speed.meta.architecture
+        flops = gflops_per_image(the_plan.preset_gflops, arch.vision_config, arch.residual_stem)
+        runtime_status: dict[str, dict[str, Any]] = dict(the_plan.skipped)
+
+        # Triton first: its export writes the ONNX files in-process ONNX Runtime then loads
+        ordered = sorted(the_plan.specs, key=lambda spec: spec.family != "triton")
+        runtimes: dict[str, BaseRuntime] = {}
+        static_mb: dict[str, float] = {}
+        for spec in ordered:
+            reason = self._out_of_time()
+            if reason:
+                runtime_status[spec.name] = {"status": "skipped", "reason": reason}
+                continue
+            logger.info("setting up %s", spec.name)
+            runtime, reason, static = setup_runtime(spec, speed)
+            if runtime is None:
+                runtime_status[spec.name] = {"status": "skipped", "reason": reason}
+                logger.warning("%s skipped: %s", spec.name, reason)
+                continue
+            runtimes[spec.name] = runtime
+            static_mb[spec.name] = static
+        # keep the registry's order for cells and tables
+        runtimes = {spec.name: runtimes[spec.name] for spec in the_plan.specs if spec.name in runtimes}
+        for name, runtime in runtimes.items():
+            runtime_status[name] = {"status": "ok", "reason": None, "info": safe_info(runtime)}
+
+        separate = agree is not speed
+        agreement: dict[str, dict] = {}
+        agreement_images = (
+            images if len(images) <= config.agreement_images else _subset(images, config.agreement_images)
+        )
+        if runtimes and not separate:
+            agreement = agreement_on(runtimes, speed, agreement_images, config.agreement_batch)
+
+        cells, skipped_cells = self._measure_all(runtimes, static_mb, images, tensors, flops, gpu_peak)
+        perf = None
+        if config.perf_analyzer:
+            perf = perf_analyzer.sweep(
+                runtimes,
+                images.encoded,
+                workdir / "perf_analyzer",
+                config.batch_sizes,
+                config.concurrency,
+                config.duration_s,
+            )
+
+        for runtime in runtimes.values():
+            teardown(runtime)
+        speed.close()
+        if runtimes and separate:
+            agreement = agreement_rebuilt(
+                list(runtimes), agree, agreement_images, config.agreement_batch, self._out_of_time, config.progress
+            )
+
+        from aigi.benchmarks.targets import evaluate_targets
+
+        _add_speedups(cells)
+        results: dict[str, Any] = {
+            "format": 1,
+            "aigi_version": __version__,
+            "command": sys.argv,
+            "environment": environment,
+            "config": _config_dict(config),
+            "model": {
+                "name": the_plan.model_name,
+                "weights": the_plan.weights,
+                "checkpoint": str(speed.checkpoint) if the_plan.weights == "checkpoint" else None,
+                "image_size": speed.image_size,
+                "vision_config": arch.vision_config,
+                "residual_stem": arch.residual_stem,
+                "gflops": flops["gflops"],
+                "gflops_source": flops["source"],
+                "analytic_gflops": flops["analytic_gflops"],
+            },
+            "agreement_model": {
+                "checkpoint": str(agree.checkpoint),
+                "architecture": agree.meta.architecture.source,
+                "weights": agree.weights,
+                "separate": separate,
+                "threshold": agree.meta.threshold,
+            },
+            "images": images.summary(),
+            "gpu_peak": gpu_peak,
+            "runtimes": runtime_status,
+            "cells": cells,
+            "skipped_cells": skipped_cells,
+            "agreement": agreement,
+            "export_seconds": speed.export_seconds + (agree.export_seconds if separate else 0.0),
+            "wall_s": self._elapsed(),
+        }
+        if perf is not None:
+            results["perf_analyzer"] = perf
+        results["targets"] = evaluate_targets(cells, agreement)
+        return results
+
+    # -- speed ---------------------------------------------------------------------------------
+
+    def _measure_all(self, runtimes, static_mb, images, tensors, flops, gpu_peak) -> tuple[list[dict], list[dict]]:
+        from tqdm import tqdm
+
+        config = self.config
+        plan_cells = [
+            (batch, name, conc)
+            for batch in config.batch_sizes
+            for name, runtime in runtimes.items()
+            for conc in (config.concurrency if runtime.concurrent else (1,))
+        ]
+        cells: list[dict] = []
+        skipped: list[dict] = []
+        pools: dict[tuple[str, int], list] = {}
+        bar = tqdm(plan_cells, desc="bench", unit="cell", disable=not config.progress, file=sys.stderr)
+        hung: dict[str, str] = {}  # a runtime whose streams hung once would only hang again
+        for batch, name, conc in bar:
+            bar.set_postfix_str(f"{name} b{batch} c{conc}")
+            reason = self._out_of_time() or hung.get(name)
+            if reason:
+                skipped.append({"runtime": name, "batch": batch, "concurrency": conc, "reason": reason})
+                continue
+            runtime = runtimes[name]
+            key = (runtime.input_kind, batch)
+            if key not in pools:
+                pools[key] = (
+                    bytes_pool(images.encoded, batch, config.pool_batches)
+                    if runtime.input_kind == "bytes"
+                    else tensor_pool(tensors, batch, config.pool_batches)
+                )
+            cell = self._measure_cell(runtime, pools[key], batch, conc, static_mb.get(name, 0.0), flops, gpu_peak)
+            if "still busy" in str(cell.get("first_error") or cell.get("error") or ""):
+                hung[name] = f"an earlier cell (batch {batch}, concurrency {conc}) hung"
+            cells.append(cell)
+        return cells, skipped
+
+    def _measure_cell(self, runtime: BaseRuntime, batches: list, batch: int, conc: int, static: float, flops, peak):
+        from aigi.benchmarks import metrics_scrape
+
+        config = self.config
+        spec = runtime.spec
+        cell: dict[str, Any] = {
+            "runtime": runtime.name,
+            "family": spec.family,
+            "precision": spec.precision,
+            "path": runtime.input_kind,
+            "protocol": spec.option("protocol"),
+            "shared_memory": bool(spec.option("shm")),
+            "batch": batch,
+            "concurrency": conc,
+        }
+        try:
+            prepared = [runtime.prepare(b) for b in batches]
+        except Exception as exc:  # noqa: BLE001
+            return {**cell, "status": "error", "error": f"preparing inputs: {exc.__class__.__name__}: {exc}"}
+        probe = memory_probe(runtime)
+        view = runtime.triton_view()
+        scraped: dict[str, Any] = {}
+
+        def window_opens() -> None:
+            if view is not None:
+                try:
+                    scraped["before"] = metrics_scrape.scrape_settled(view[0], view[1])
+                except OSError as exc:
+                    logger.debug("metrics scrape failed: %s", exc)
+            probe.reset_peak()
+            scraped["base_mb"] = probe.current_mb()
+
+        result = measure(
+            runtime.run,
+            InputPool(prepared, batch),
+            concurrency=conc,
+            warmup=config.warmup,
+            iters=config.iters,
+            duration_s=None if config.iters else config.duration_s,
+            min_iters=config.min_iters,
+            sync=runtime.sync,
+            on_window=window_opens,
+            timeout_s=config.cell_timeout_s,
+        )
+        peak_mb = probe.peak_mb()
+        summary = result.summary()
+        status = "ok" if result.requests else "error"
+        cell.update(summary)
+        cell["status"] = status
+        if status == "error":
+            cell["error"] = result.first_error or "no request succeeded"
+            return cell
+        if probe.kind == "gpu":
+            cell["peak_mem_mb"] = static + max(0.0, peak_mb - scraped.get("base_mb", peak_mb))
+            cell["mem_kind"] = "gpu"
+        else:
+            cell["peak_mem_mb"] = peak_mb
+            cell["mem_kind"] = "rss-server" if runtime.memory_root_pid() else "rss"
+        achieved = cell["images_per_s"] * flops["gflops"] / 1e3
+        cell["achieved_tflops"] = achieved
+        cell["peak_fraction"] = achieved / peak["tflops"] if peak else None
+        if view is not None and "before" in scraped:
+            try:
+                sent = result.requests + result.errors
+                expected = metrics_scrape.requests_done(scraped["before"], view[1]) + sent
+                after = metrics_scrape.scrape_settled(view[0], view[1], at_least=expected)
+                delta = metrics_scrape.counter_delta(scraped["before"], after)
+                cell["triton"] = metrics_scrape.split_latency(delta, view[1], cell["mean_ms"])
+                counted = metrics_scrape.requests_done(after, view[1]) - metrics_scrape.requests_done(
+                    scraped["before"], view[1]
+                )
+                if counted != sent:  # another client, or a lagging counter: the split is approximate
+                    cell["triton"]["requests_mismatch"] = {"client": sent, "server": counted}
+            except OSError as exc:
+                logger.debug("metrics scrape failed: %s", exc)
+        return cell
+
+
+def _subset(images: ImageSet, count: int) -> ImageSet:
+    return ImageSet(images.paths[:count], images.encoded[:count], images.source, images.found, images.corrupt)
+
+
+def _add_speedups(cells: list[dict]) -> None:
+    """Images/s over the baseline's at the same batch size (one stream), in place."""
+    baseline = {
+        cell["batch"]: cell["images_per_s"]
+        for cell in cells
+        if cell["runtime"] == BASELINE and cell.get("status") == "ok" and cell["concurrency"] == 1
+    }
+    for cell in cells:
+        base = baseline.get(cell["batch"])
+        cell["speedup"] = cell["images_per_s"] / base if base and cell.get("status") == "ok" else None
+
+
+def _config_dict(config: BenchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in data.items()} | {
+        "repos": [str(repo) for repo in config.repos]
+    }
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark and write ``bench.json``, ``BENCH.md`` and the plots into ``config.out``."""
+    from aigi.benchmarks.report import write_report
+
+    results = Harness(config).run()
+    write_report(config.out, results)
+    return results
