@@ -18,6 +18,21 @@ from aigi.errors import AigiError
 
 logger = logging.getLogger("aigi")
 
+# which extra brings a missing top-level module, for a one-line hint instead of a traceback
+EXTRA_OF_MODULE = {
+    "torch": "training",
+    "transformers": "training",
+    "safetensors": "training",
+    "skimage": "training",
+    "matplotlib": "training",
+    "tqdm": "training",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "export",
+    "pytriton": "serve",
+    "tensorrt": "tensorrt",
+}
+
 COMMAND_MODULES = (
     "aigi.training.commands",
     "aigi.export.commands",
@@ -67,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AigiError as exc:
         print(f"aigi {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRA_OF_MODULE:
+            raise
+        extra = EXTRA_OF_MODULE[top]
+        print(
+            f"aigi {args.command}: error: needs {top}, which the slim install lacks: pip install 'aigi[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"aigi {args.command}: interrupted", file=sys.stderr)
         return 130

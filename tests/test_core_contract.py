@@ -88,3 +88,18 @@ def test_client_and_cli_help_import_no_torch_when_loaded_in_fresh_interpreter() 
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_cli_prints_one_line_hint_when_an_extra_is_missing(monkeypatch, capsys) -> None:
+    import aigi.cli as cli
+
+    def handler(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    args = parser.parse_args(["eval", "--checkpoint", "x", "--data", "y", "--out", "z"])
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
+    args.handler = handler
+    assert cli.main([]) == 2
+    assert "pip install 'aigi[training]'" in capsys.readouterr().err
