@@ -33,12 +33,14 @@ class ArchitectureMeta:
         vision_config: the full ``CLIPVisionConfig`` as a dict, so no download is needed to rebuild.
         residual_stem: whether the high-pass residual input branch is present.
         residual_scale: the scale applied to the high-pass residual.
+        pooling: ``cls`` (CLIP's pooled class token) or ``mean`` (post-LayerNorm mean of the patch tokens).
     """
 
     source: str
     vision_config: dict[str, Any]
     residual_stem: bool = False
     residual_scale: float = 4.0
+    pooling: str = "cls"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from aigi.training.presets import get_preset
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES_HELP = "full | linear | last-N (e.g. last-2)"
+POOLINGS = ("cls", "mean")
 
 
 class ResidualPatchEmbedding(nn.Module):
@@ -28,6 +29,9 @@ class ResidualPatchEmbedding(nn.Module):
 
     The residual is ``x`` minus its 3x3 box blur, scaled: it carries the high-frequency traces
     (upsampling grids, checkerboards) a randomly initialized ViT learns slowly from RGB alone. The
+    branch sees the residual and its magnitude: a trace's sign follows the image content, so a
+    linear patch embedding of the signed residual averages it away, while the magnitude at each
+    position of the upsampling grid is what tells generators apart. The
     branch starts at zero, so a pretrained tower is unchanged at step 0, and it lives inside the
     network so the served input stays RGB ``pixel_values``.
     """
@@ -36,7 +40,7 @@ class ResidualPatchEmbedding(nn.Module):
         super().__init__()
         self.rgb = patch_embedding
         self.residual = nn.Conv2d(
-            patch_embedding.in_channels,
+            2 * patch_embedding.in_channels,
             patch_embedding.out_channels,
             kernel_size=patch_embedding.kernel_size,
             stride=patch_embedding.stride,
@@ -52,15 +56,21 @@ class ResidualPatchEmbedding(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         blurred = F.avg_pool2d(pixel_values, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-        return self.rgb(pixel_values) + self.residual((pixel_values - blurred) * self.scale)
+        residual = (pixel_values - blurred) * self.scale
+        return self.rgb(pixel_values) + self.residual(torch.cat([residual, residual.abs()], dim=1))
 
 
 class Detector(nn.Module):
     """CLIP vision tower + linear head; ``forward`` returns logits ``[B, C]``."""
 
-    def __init__(self, vision: nn.Module, num_labels: int, residual_stem: bool, residual_scale: float) -> None:
+    def __init__(
+        self, vision: nn.Module, num_labels: int, residual_stem: bool, residual_scale: float, pooling: str = "cls"
+    ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.vision = vision
+        self.pooling = pooling
         if residual_stem:
             embeddings = vision.embeddings
             embeddings.patch_embedding = ResidualPatchEmbedding(embeddings.patch_embedding, residual_scale)
@@ -74,7 +84,11 @@ class Detector(nn.Module):
         return int(self.vision.config.image_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.vision(pixel_values=pixel_values).pooler_output
+        outputs = self.vision(pixel_values=pixel_values)
+        if self.pooling == "mean":
+            pooled = self.vision.post_layernorm(outputs.last_hidden_state[:, 1:].mean(dim=1))
+        else:
+            pooled = outputs.pooler_output
         return self.head(pooled)
 
 
@@ -154,9 +168,11 @@ def create_detector(
     if seed is not None:
         torch.manual_seed(seed)
     preset = get_preset(source)
+    pooling = "cls"
     if preset is not None:
         vision = _vision_from_config(preset.vision_config_dict())
         use_stem = preset.residual_stem if residual_stem is None else residual_stem
+        pooling = preset.pooling
     else:
         path = Path(source)
         if not path.exists() and ("/" not in source or source.startswith((".", "/"))):
@@ -171,8 +187,9 @@ def create_detector(
         vision_config=_config_to_dict(vision.config),
         residual_stem=use_stem,
         residual_scale=residual_scale,
+        pooling=pooling,
     )
-    return Detector(vision, num_labels, use_stem, residual_scale), arch
+    return Detector(vision, num_labels, use_stem, residual_scale, pooling), arch
 
 
 def _preset_names() -> list[str]:
@@ -184,7 +201,7 @@ def _preset_names() -> list[str]:
 def build_from_meta(arch: ArchitectureMeta, num_labels: int) -> Detector:
     """Rebuild the (uninitialized) network described by a checkpoint's architecture, offline."""
     vision = _vision_from_config(arch.vision_config)
-    return Detector(vision, num_labels, arch.residual_stem, arch.residual_scale)
+    return Detector(vision, num_labels, arch.residual_stem, arch.residual_scale, arch.pooling)
 
 
 def apply_finetune_mode(detector: Detector, mode: str) -> int:

@@ -14,6 +14,8 @@ class Preset:
         hidden_size, num_layers, num_heads, mlp_size, patch_size, image_size: the ViT shape.
         residual_stem: add the high-pass residual input branch (helps random-init models learn
             upsampling traces; off for presets meant to take pretrained weights).
+        pooling: ``cls`` (CLIP's class token, the method) or ``mean`` over patch tokens, which gives a
+            randomly initialized model a direct path from every patch's traces to the head.
         gradient_checkpointing: default for training (large presets).
         gflops: forward cost per image at ``image_size`` (2 FLOPs per multiply-accumulate), as published.
     """
@@ -26,6 +28,7 @@ class Preset:
     patch_size: int
     image_size: int
     residual_stem: bool = False
+    pooling: str = "cls"
     gradient_checkpointing: bool = False
     gflops: float | None = None
 
@@ -47,7 +50,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        Preset("tiny", 128, 4, 4, 512, 16, 224, residual_stem=True),
+        Preset("tiny", 128, 4, 4, 512, 16, 224, residual_stem=True, pooling="mean"),
         Preset("vit-b-32", 768, 12, 12, 3072, 32, 224, gflops=8.8),
         Preset("vit-b-16", 768, 12, 12, 3072, 16, 224, gflops=35.1),
         Preset("vit-l-14", 1024, 24, 16, 4096, 14, 224, gradient_checkpointing=True, gflops=162.0),

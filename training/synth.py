@@ -49,8 +49,8 @@ GRID = 8  # every trace's period divides this, the crop grid of the preprocessin
 
 # Disjoint photo groups per split, each mixing colour and grayscale, objects and textures.
 PHOTOS_BY_SPLIT: dict[str, tuple[str, ...]] = {
-    "train": ("astronaut", "coffee", "rocket", "immunohistochemistry", "retina", "camera", "brick", "gravel", "cell"),
-    "val": ("chelsea", "moon", "clock"),
+    "train": ("astronaut", "moon", "rocket", "immunohistochemistry", "retina", "camera", "brick", "gravel", "cell"),
+    "val": ("chelsea", "coffee", "clock"),
     "test": ("motorcycle", "hubble_deep_field", "coins", "grass"),
 }
 
@@ -213,8 +213,8 @@ def _phase_taps(rng: np.random.Generator, period: int) -> np.ndarray:
     """Near-identity 3x3 taps that differ by output phase, as the sub-kernels of a learned upsampling layer do."""
     taps = np.zeros((3, 3, period, period))
     taps[1, 1] = 1.0
-    taps[1, 1] += 0.06 * rng.standard_normal((period, period))
-    taps += 0.02 * rng.standard_normal(taps.shape)
+    taps[1, 1] += 0.12 * rng.standard_normal((period, period))
+    taps += 0.03 * rng.standard_normal(taps.shape)
     return taps.astype(DTYPE)
 
 
