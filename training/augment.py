@@ -1,0 +1,96 @@
+"""Training augmentation and robustness perturbations, on decoded uint8 arrays before the shared preprocessing.
+
+Crop origins are random but multiples of the spec's grid, so the phase of a generator's upsampling grid
+inside the crop is the one the served center crop sees. Flips, JPEG re-compression and blur are applied
+to the grid-aligned crop itself, so the JPEG block grid lines up with it and a flip never shifts the phase
+(flipping a whole image of odd width would). JPEG and blur probabilities default to 0, as in CNNDetection.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from aigi.preprocessing import PreprocessSpec, fit_to_size
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What training augmentation does.
+
+    Attributes:
+        flip: random horizontal flip (probability 0.5).
+        jpeg_prob: probability of JPEG re-compression at a quality drawn from ``jpeg_quality``.
+        jpeg_quality: inclusive quality range.
+        blur_prob: probability of a Gaussian blur with sigma drawn from ``blur_sigma``.
+        blur_sigma: sigma range in pixels.
+    """
+
+    flip: bool = False
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 100)
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 3.0)
+
+    def __post_init__(self) -> None:
+        for name in ("jpeg_prob", "blur_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+
+
+def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode as JPEG at ``quality`` and decode again (uint8 RGB in, uint8 RGB out)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with standard deviation ``sigma`` pixels (Pillow's ``GaussianBlur`` radius is the sigma)."""
+    if sigma <= 0:
+        return image
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=float(sigma))), dtype=np.uint8)
+
+
+def downscale(image: np.ndarray, factor: float) -> np.ndarray:
+    """Resize both sides by ``factor`` (bicubic), at least one pixel each."""
+    height, width = image.shape[:2]
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def random_origin(height: int, width: int, spec: PreprocessSpec, rng: np.random.Generator) -> tuple[int, int]:
+    """A random ``(top, left)`` for a ``spec.size`` crop, both multiples of ``spec.grid``."""
+    top_steps = (height - spec.size) // spec.grid
+    left_steps = (width - spec.size) // spec.grid
+    if top_steps < 0 or left_steps < 0:
+        raise ValueError(f"a {height}x{width} image is smaller than the {spec.size} crop; fit it first")
+    return int(rng.integers(top_steps + 1)) * spec.grid, int(rng.integers(left_steps + 1)) * spec.grid
+
+
+def augment(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """A randomly augmented ``spec.size`` square crop of a decoded image, still uint8.
+
+    Feed the result to :func:`aigi.preprocessing.preprocess` (it is already the crop, so the center
+    origin is ``(0, 0)``).
+    """
+    fitted = fit_to_size(image, spec)
+    top, left = random_origin(fitted.shape[0], fitted.shape[1], spec, rng)
+    crop = fitted[top : top + spec.size, left : left + spec.size]
+    if config.flip and rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    crop = np.ascontiguousarray(crop)
+    if config.jpeg_prob and rng.random() < config.jpeg_prob:
+        crop = jpeg_compress(crop, int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1)))
+    if config.blur_prob and rng.random() < config.blur_prob:
+        crop = gaussian_blur(crop, float(rng.uniform(*config.blur_sigma)))
+    return crop

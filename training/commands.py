@@ -1,0 +1,205 @@
+"""``aigi data synth``, ``aigi train`` and ``aigi eval``: argument parsing only; torch is imported in the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from aigi.training.synth import synthesize
+
+    summary = synthesize(
+        args.out,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+        test_per_class=args.test_per_class,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    counts = summary.get("counts", {})
+    total = sum(sum(per_class.values()) for per_class in counts.values())
+    print(f"wrote {total} images ({', '.join(summary.get('classes', []))}) to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from aigi.training.train import TrainConfig, train
+
+    if not args.resume and (args.data is None or args.out is None):
+        print("aigi train: error: --data and --out are required (only --out with --resume)", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        data=args.data or "",
+        out=args.out,
+        model=args.model,
+        task=args.task,
+        epochs=args.epochs,
+        finetune=args.finetune,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        clip_grad=args.clip_grad or None,
+        warmup_epochs=args.warmup_epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        amp=args.amp,
+        grad_checkpointing=args.grad_checkpointing,
+        seed=args.seed,
+        resume=args.resume,
+        workers=args.workers,
+        max_train_images=args.max_train_images,
+        aug_flip=args.flip,
+        aug_jpeg=args.aug_jpeg,
+        aug_blur=args.aug_blur,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        stop_after_epochs=args.stop_after_epochs,
+        threads=args.threads,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    try:
+        summary = train(config)
+    except ValueError as exc:
+        print(f"aigi train: error: {exc}", file=sys.stderr)
+        return 2
+    best = summary.get("best_epoch")
+    print(
+        f"trained {summary['epochs_completed']}/{summary['epochs']} epochs in {summary['time_s']:.0f} s "
+        f"({summary['images_per_s'] or 0:.1f} img/s); best epoch {best}; wrote {args.out}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from aigi.training.evaluate import evaluate
+
+    try:
+        report = evaluate(
+            args.checkpoint,
+            args.data,
+            args.out,
+            target_fpr=args.target_fpr,
+            robustness=args.robustness,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:
+        print(f"aigi eval: error: {exc}", file=sys.stderr)
+        return 2
+    test = report["test"]
+    keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc")
+    keys += ("attribution_accuracy", "attribution_accuracy_fakes")
+    summary = {k: round(test[k], 4) for k in keys if test.get(k) is not None}
+    summary["threshold"] = round(report["threshold"], 6)
+    print(json.dumps(summary))
+    if "robustness" in report:
+        for name, row in report["robustness"].items():
+            print(f"  {name:15s} " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if v is not None))
+    print(f"wrote {args.out}/REPORT.md and report.json; threshold stored in {args.checkpoint}/aigi.json")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _add_synth(data_sub) -> None:
+    parser = data_sub.add_parser("synth", help="build the offline real-vs-generated benchmark (no download)")
+    parser.add_argument("--out", required=True, help="output folder (train/val/test/<label>/...)")
+    parser.add_argument("--train-per-class", type=int, default=600)
+    parser.add_argument("--val-per-class", type=int, default=100)
+    parser.add_argument("--test-per-class", type=int, default=150)
+    parser.add_argument("--size", type=int, default=256, help="image side, a multiple of 8")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.set_defaults(handler=_synth)
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a CLIP detector on a dataset folder",
+        description="Train a detector into a run directory (model.safetensors + aigi.json + metrics.json).",
+    )
+    parser.add_argument("--data", help="dataset folder (class subfolders, optionally under train/val/test)")
+    parser.add_argument("--out", help="run directory to write")
+    parser.add_argument("--model", default="tiny", help="preset (tiny, vit-b-32, ...), local CLIP directory or HF id")
+    parser.add_argument("--task", choices=("binary", "source"), default="source")
+    parser.add_argument("--epochs", type=_positive_int, default=12)
+    parser.add_argument("--finetune", default="full", help="full | linear | last-N (e.g. last-2)")
+    parser.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default 1e-3 for presets, 1e-4 for pretrained)"
+    )
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup, then cosine decay per step")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="per device")
+    parser.add_argument("--grad-accum", type=_positive_int, default=1, help="batches per optimizer step")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="CUDA only")
+    parser.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    parser.add_argument("--workers", type=int, default=0, help="data loader processes (0: in the main process)")
+    parser.add_argument("--max-train-images", type=_positive_int, default=None, help="subsample for quick runs")
+    parser.add_argument("--aug-jpeg", type=_probability, default=0.0, help="probability of JPEG re-compression")
+    parser.add_argument("--aug-blur", type=_probability, default=0.0, help="probability of Gaussian blur")
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="random horizontal flips (off by default: a flip mirrors each generator's periodic trace)",
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="for datasets without a val folder")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="for datasets without a test folder")
+    parser.add_argument(
+        "--stop-after-epochs", type=_positive_int, default=None, help="stop after N epochs of this invocation"
+    )
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.set_defaults(handler=_train)
+
+
+def _add_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a run directory; calibrate its threshold on val",
+        description="Score the test split, pick the threshold on val for a target FPR and store it in aigi.json.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="run directory from 'aigi train'")
+    parser.add_argument("--data", required=True, help="dataset folder")
+    parser.add_argument("--out", required=True, help="report directory")
+    parser.add_argument("--target-fpr", type=_probability, default=0.05, help="false-positive rate on val real images")
+    parser.add_argument("--robustness", action="store_true", help="repeat the test under JPEG, blur and downscaling")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.set_defaults(handler=_eval)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data synth``, ``train`` and ``eval`` to the ``aigi`` parser."""
+    data = subparsers.add_parser("data", help="datasets: build the offline benchmark")
+    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    _add_synth(data_sub)
+    _add_train(subparsers)
+    _add_eval(subparsers)

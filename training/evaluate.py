@@ -1,0 +1,285 @@
+"""Evaluation of a run directory: calibrate the threshold on val, score the test split, stress it.
+
+The decision is ``is_fake = p_fake >= threshold`` with ``p_fake = 1 - p(real)``. The threshold is the
+smallest one whose false-positive rate on the val split's real images stays at or under a target, and is
+written back into the checkpoint's ``aigi.json`` with its calibration. Robustness runs repeat the test under
+JPEG, blur and downscaling applied to decoded images before the shared preprocessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aigi.checkpoint import save_meta
+from aigi.errors import DatasetError
+from aigi.labels import REAL, p_fake, target_index
+from aigi.training.augment import downscale, gaussian_blur, jpeg_compress
+from aigi.training.metrics import (
+    average_precision,
+    confusion_matrix,
+    detection_metrics,
+    roc_auc,
+    roc_curve,
+    safe_mean,
+    threshold_for_fpr,
+)
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILENAME = "predictions.jsonl"
+REPORT_FILENAME = "report.json"
+
+PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "jpeg_q95": lambda image: jpeg_compress(image, 95),
+    "jpeg_q75": lambda image: jpeg_compress(image, 75),
+    "jpeg_q50": lambda image: jpeg_compress(image, 50),
+    "blur_sigma1": lambda image: gaussian_blur(image, 1.0),
+    "blur_sigma2": lambda image: gaussian_blur(image, 2.0),
+    "downscale_half": lambda image: downscale(image, 0.5),
+}
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``model`` over a loader of ``(pixel_values, target)``; returns float32 logits and int64 targets."""
+    from tqdm import tqdm
+
+    model.eval()
+    outputs, targets = [], []
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for pixels, target in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            outputs.append(model(pixels.to(device, non_blocking=True)).float().cpu())
+            targets.append(target)
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0,), dtype=np.int64)
+    return torch.cat(outputs).numpy(), torch.cat(targets).numpy().astype(np.int64)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _true_indices(samples: list, labels: list[str]) -> np.ndarray:
+    """Model label index per sample; -1 for a generator the model was not trained to name."""
+    indices = []
+    for sample in samples:
+        try:
+            indices.append(target_index(sample.label, labels))
+        except DatasetError:
+            indices.append(-1)
+    return np.asarray(indices, dtype=np.int64)
+
+
+class _Scorer:
+    """Decoded images of one split scored by one model, with an optional perturbation."""
+
+    def __init__(self, detector, spec, device, batch_size: int, workers: int, progress: bool) -> None:
+        self.detector, self.spec, self.device = detector, spec, device
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+
+    def probs(self, images: list[np.ndarray], desc: str, transform=None) -> np.ndarray:
+        from aigi.training.data import ImageDataset, ShardSampler, make_loader
+
+        dataset = ImageDataset(images, [0] * len(images), self.spec, transform=transform)
+        loader = make_loader(dataset, ShardSampler(len(dataset)), self.batch_size, self.workers)
+        logits, _ = predict_logits(self.detector, loader, self.device, progress=self.progress, desc=desc)
+        return _softmax(logits)
+
+
+def calibrate(val_probs: np.ndarray, val_is_real: np.ndarray, target_fpr: float) -> tuple[float, dict[str, Any]]:
+    """Threshold and calibration record from val scores (0.5, uncalibrated, when val has no real image)."""
+    scores = p_fake(val_probs) if len(val_probs) else np.zeros(0, dtype=np.float32)
+    real_scores = scores[val_is_real]
+    if real_scores.size == 0:
+        logger.warning("no real images in the val split: keeping threshold 0.5, uncalibrated")
+        return 0.5, {"method": "none", "reason": "no real images in the val split", "target_fpr": target_fpr}
+    threshold, achieved = threshold_for_fpr(real_scores, target_fpr)
+    fake_scores = scores[~val_is_real]
+    return threshold, {
+        "method": "val_real_fpr",
+        "split": "val",
+        "target_fpr": target_fpr,
+        "achieved_fpr": achieved,
+        "val_tpr": safe_mean(fake_scores >= np.float32(threshold)),
+        "n_val": int(len(scores)),
+        "n_val_real": int(real_scores.size),
+    }
+
+
+def score_split(
+    probs: np.ndarray, samples: list, labels: list[str], task: str, threshold: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of one scored split, and the arrays the report plots (ROC, confusion matrix)."""
+    scores = p_fake(probs)
+    is_fake = np.asarray([s.label != REAL for s in samples], dtype=bool)
+    decided = scores >= np.float32(threshold)
+    metrics: dict[str, Any] = detection_metrics(is_fake, scores, threshold)
+    metrics["accuracy_at_0.5"] = safe_mean((scores >= np.float32(0.5)) == is_fake)
+    classes = np.asarray([s.label for s in samples])
+    per_class: dict[str, Any] = {}
+    for name in sorted(set(classes.tolist()), key=lambda n: (n != REAL, n)):
+        mask = classes == name
+        entry: dict[str, Any] = {"n": int(mask.sum())}
+        if name == REAL:
+            entry["called_real"] = safe_mean(~decided[mask])
+        else:
+            entry["called_fake"] = safe_mean(decided[mask])
+            pair = mask | ~is_fake
+            ap, auc = average_precision(is_fake[pair], scores[pair]), roc_auc(is_fake[pair], scores[pair])
+            entry["average_precision"] = None if np.isnan(ap) else ap
+            entry["roc_auc"] = None if np.isnan(auc) else auc
+        per_class[name] = entry
+    metrics["per_class"] = per_class
+    true_idx = _true_indices(samples, labels)
+    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    if task == "source":
+        known = true_idx >= 0
+        metrics["attribution_accuracy"] = safe_mean((predicted == true_idx)[known])
+        metrics["attribution_accuracy_fakes"] = safe_mean((predicted == true_idx)[known & is_fake])
+        matrix = confusion_matrix(true_idx, predicted, len(labels))
+    else:
+        matrix = confusion_matrix(true_idx, decided.astype(np.int64), len(labels))
+    fpr, tpr, _ = roc_curve(is_fake, scores)
+    plots = {"confusion": matrix, "roc": (fpr, tpr), "predicted": predicted, "p_fake": scores, "decided": decided}
+    metrics["confusion_matrix"] = {"labels": list(labels), "rows_true_cols_predicted": matrix.tolist()}
+    return metrics, plots
+
+
+def _index_settings(meta) -> dict[str, Any]:
+    hyper = meta.training.get("hyperparameters", {})
+    return {
+        "val_fraction": float(hyper.get("val_fraction", 0.1)),
+        "test_fraction": float(hyper.get("test_fraction", 0.1)),
+        "seed": int(hyper.get("seed", 0)),
+    }
+
+
+def _decode(index, split: str, progress: bool) -> tuple[list[np.ndarray], list, list]:
+    from aigi.training.datasets import decode_samples
+
+    samples = index.split(split)
+    if not samples:
+        return [], [], []
+    return decode_samples(samples, progress=progress)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    target_fpr: float = 0.05,
+    robustness: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run directory on a dataset, write the report to ``out`` and the threshold into ``aigi.json``.
+
+    Returns:
+        The report (as written to ``out/report.json``).
+
+    Raises:
+        CheckpointError: ``checkpoint`` is not a run directory.
+        DatasetError: the data has no test images, or nothing decodable.
+    """
+    from aigi.training.datasets import index_dataset
+    from aigi.training.model import load_checkpoint
+    from aigi.training.report import write_report
+
+    if not 0.0 <= target_fpr <= 1.0:
+        raise ValueError(f"target FPR must lie in [0, 1], got {target_fpr}")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    detector, meta = load_checkpoint(checkpoint, torch_device)
+    index = index_dataset(data, **_index_settings(meta))
+    val_images, val_kept, val_skipped = _decode(index, "val", progress)
+    test_images, test_kept, test_skipped = _decode(index, "test", progress)
+    if not test_images:
+        raise DatasetError(f"{data}: no decodable test images to evaluate on")
+    scorer = _Scorer(detector, meta.preprocessing, torch_device, batch_size, workers, progress)
+
+    val_probs = scorer.probs(val_images, "val") if val_images else np.zeros((0, meta.num_labels), np.float32)
+    val_is_real = np.asarray([s.label == REAL for s in val_kept], dtype=bool)
+    threshold, calibration = calibrate(val_probs, val_is_real, target_fpr)
+
+    test_probs = scorer.probs(test_images, "test")
+    test_metrics, plots = score_split(test_probs, test_kept, meta.labels, meta.task, threshold)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "task": meta.task,
+        "labels": list(meta.labels),
+        "threshold": threshold,
+        "calibration": calibration,
+        "test": test_metrics,
+        "skipped_files": len(val_skipped) + len(test_skipped) + len(getattr(index, "skipped", []) or []),
+        "skipped": [[str(p), str(r)] for p, r in (val_skipped + test_skipped)[:50]],
+    }
+    if robustness:
+        report["robustness"] = _robustness(scorer, test_images, test_kept, meta, threshold, test_metrics)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / PREDICTIONS_FILENAME, test_kept, test_probs, plots, meta.labels)
+    report["files"] = write_report(report, plots, out)
+    (out / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
+
+    meta.threshold = threshold
+    meta.calibration = calibration
+    keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy")
+    meta.metrics = {**meta.metrics, "test": {k: test_metrics[k] for k in keys if k in test_metrics}}
+    save_meta(checkpoint, meta)
+    logger.info(
+        "test: accuracy %.4f (real %.4f, fake %.4f), AP %.4f, AUC %.4f%s; threshold %.4f; wrote %s",
+        test_metrics["accuracy"] or 0.0,
+        test_metrics["real_accuracy"] or 0.0,
+        test_metrics["fake_accuracy"] or 0.0,
+        test_metrics["average_precision"] or 0.0,
+        test_metrics["roc_auc"] or 0.0,
+        f", attribution {test_metrics['attribution_accuracy']:.4f}" if test_metrics.get("attribution_accuracy") else "",
+        threshold,
+        out,
+    )
+    return report
+
+
+def _robustness(scorer: _Scorer, images, samples, meta, threshold: float, clean: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy")
+    table = {"clean": {k: clean.get(k) for k in keys if k in clean}}
+    for name, transform in PERTURBATIONS.items():
+        probs = scorer.probs(images, name, transform=transform)
+        metrics, _ = score_split(probs, samples, meta.labels, meta.task, threshold)
+        table[name] = {k: metrics.get(k) for k in keys if k in metrics}
+    return table
+
+
+def _write_predictions(path: Path, samples, probs: np.ndarray, plots: dict[str, Any], labels: list[str]) -> None:
+    with path.open("w") as handle:
+        for i, sample in enumerate(samples):
+            row = {
+                "path": str(sample.path),
+                "label": sample.label,
+                "predicted": labels[int(plots["predicted"][i])],
+                "p_fake": float(plots["p_fake"][i]),
+                "is_fake": bool(plots["decided"][i]),
+                "probs": [float(v) for v in probs[i]],
+            }
+            handle.write(json.dumps(row) + "\n")

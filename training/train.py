@@ -1,0 +1,506 @@
+"""The training loop: decode once, augment per step, warmup + cosine, keep the best epoch, resume, DDP.
+
+Images are decoded into memory once; every step crops them through the shared preprocessing with a random
+grid-aligned origin (see :mod:`aigi.training.augment`). Validation runs after each epoch on center crops;
+the best epoch (val accuracy, ties broken by val loss) is what ``RUN_DIR/model.safetensors`` holds. A
+resumable state is written to ``RUN_DIR/last`` after every epoch. Under ``torchrun`` each rank trains on
+its share of the data and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aigi.checkpoint import METRICS_FILENAME, CheckpointMeta, write_json_atomic
+from aigi.errors import DatasetError
+from aigi.labels import labels_for_task, target_index
+from aigi.preprocessing import PreprocessSpec
+from aigi.training.augment import AugmentConfig
+from aigi.training.data import EpochSampler, ImageDataset, ShardSampler, make_loader
+from aigi.training.evaluate import predict_logits
+from aigi.training.model import apply_finetune_mode, build_from_meta, create_detector, save_checkpoint
+from aigi.training.presets import get_preset
+from aigi.training.resume import read_state, restore_state, save_state
+
+logger = logging.getLogger(__name__)
+
+RANDOM_INIT_LR = 1e-3
+PRETRAINED_LR = 1e-4
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# Settings a resumed run may change: they do not alter the result.
+RUNTIME_FIELDS = ("resume", "workers", "progress", "stop_after_epochs", "threads", "device")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``aigi train`` takes; stored in ``aigi.json`` and in the resumable state."""
+
+    data: str
+    out: str
+    model: str = "tiny"
+    task: str = "source"
+    epochs: int = 12
+    finetune: str = "full"
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    clip_grad: float | None = 1.0
+    warmup_epochs: float = 1.0
+    batch_size: int = 64
+    grad_accum: int = 1
+    amp: str = "auto"
+    grad_checkpointing: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    workers: int = 0
+    max_train_images: int | None = None
+    aug_flip: bool = False
+    aug_jpeg: float = 0.0
+    aug_blur: float = 0.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    stop_after_epochs: int | None = None
+    threads: int | None = None
+    device: str | None = None
+    progress: bool = True
+
+    def resolved_lr(self) -> float:
+        """``lr``, or the default for the model source: random-init presets learn at a higher rate."""
+        if self.lr is not None:
+            return float(self.lr)
+        return RANDOM_INIT_LR if get_preset(self.model) is not None else PRETRAINED_LR
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on settings that cannot work."""
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("epochs, batch size and grad accumulation must be at least 1")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.grad_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"grad checkpointing must be auto, on or off, got {self.grad_checkpointing!r}")
+        if self.warmup_epochs < 0:
+            raise ValueError("warmup epochs must not be negative")
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(requested: str | None) -> _Dist:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return _Dist(device=device)
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(rank=dist.get_rank(), world_size=world_size, device=device)
+
+
+def _all_reduce_sum(values: list[float], dist_info: _Dist) -> list[float]:
+    if dist_info.world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=dist_info.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            logger.info("mixed precision runs on CUDA only; training in fp32 on %s", device)
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+
+
+def _use_grad_checkpointing(mode: str, source: str, vision_config: dict[str, Any]) -> bool:
+    if mode != "auto":
+        return mode == "on"
+    preset = get_preset(source)
+    if preset is not None:
+        return preset.gradient_checkpointing
+    return int(vision_config.get("num_hidden_layers", 0)) >= 24  # ViT-L and larger
+
+
+def _enable_grad_checkpointing(vision: torch.nn.Module) -> None:
+    kwargs = {"use_reentrant": False}  # the reentrant variant drops gradients when inputs need none (frozen stems)
+    if hasattr(vision, "activation_checkpointing_enable"):  # transformers >= 5
+        vision.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int):
+    """Per-step LR multiplier: linear warmup to 1, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _load_split(index, split: str, progress: bool) -> tuple[list[np.ndarray], list, list]:
+    from aigi.training.datasets import decode_samples
+
+    samples = index.split(split)
+    if not samples:
+        return [], [], []
+    return decode_samples(samples, progress=progress)
+
+
+def _subsample(samples: list, limit: int | None, seed: int) -> list:
+    if limit is None or limit >= len(samples):
+        return samples
+    keep = np.sort(np.random.default_rng(seed).permutation(len(samples))[:limit])
+    return [samples[i] for i in keep]
+
+
+def _train_epoch(model, loader, optimizer, scheduler, scaler, amp_dtype, config, dist_info, epoch) -> dict[str, float]:
+    from tqdm import tqdm
+
+    model.train()
+    device = dist_info.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    accum = config.grad_accum
+    steps = len(loader)
+    show = config.progress and dist_info.main
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show)
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for step, (pixels, targets) in enumerate(loader):
+        pixels = pixels.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        update = (step + 1) % accum == 0 or step + 1 == steps
+        sync = contextlib.nullcontext() if update or dist_info.world_size == 1 else model.no_sync()
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                logits = model(pixels)
+            loss = F.cross_entropy(logits.float(), targets)
+            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        if update:
+            if config.clip_grad:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for group in optimizer.param_groups for p in group["params"]], config.clip_grad
+                )
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        batch = targets.shape[0]
+        seen += batch
+        loss_sum += loss.detach().double() * batch
+        correct += (logits.detach().argmax(dim=1) == targets).sum()
+        bar.update()
+        if step % 5 == 4 or step + 1 == steps:  # .item() syncs the GPU: not every step
+            rate = seen * dist_info.world_size / (time.perf_counter() - started)
+            loss_now, acc_now = loss_sum.item() / seen, correct.item() / seen
+            bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.3f}", img_s=f"{rate:.0f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - started
+    bar.close()
+    totals = _all_reduce_sum([loss_sum.item(), float(correct.item()), float(seen)], dist_info)
+    total_loss, total_correct, total_seen = totals
+    return {
+        "train_loss": total_loss / max(total_seen, 1),
+        "train_accuracy": total_correct / max(total_seen, 1),
+        "train_images": int(total_seen),
+        "train_time_s": elapsed,
+        "images_per_s": total_seen / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def _validate(model, loader, amp_dtype, dist_info) -> dict[str, float | None]:
+    logits, targets = predict_logits(model, loader, dist_info.device, amp_dtype, progress=False)
+    if logits.shape[0]:
+        log_probs = torch.log_softmax(torch.from_numpy(logits).double(), dim=1)
+        loss_sum = float(-log_probs[torch.arange(len(targets)), torch.from_numpy(targets)].sum())
+        correct = float((logits.argmax(axis=1) == targets).sum())
+    else:
+        loss_sum = correct = 0.0
+    loss_sum, correct, count = _all_reduce_sum([loss_sum, correct, float(len(targets))], dist_info)
+    if count == 0:
+        return {"val_loss": None, "val_accuracy": None}
+    return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
+
+
+def _is_better(candidate: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    if best is None:
+        return True
+    if candidate["val_accuracy"] is None:
+        return True  # no validation data: the latest epoch wins
+    if candidate["val_accuracy"] != best["val_accuracy"]:
+        return candidate["val_accuracy"] > best["val_accuracy"]
+    return candidate["val_loss"] < best["val_loss"]
+
+
+def _dataset_summary(index) -> dict[str, Any]:
+    try:
+        return index.summary()
+    except Exception as exc:  # the summary is informative only
+        logger.debug("dataset summary unavailable: %s", exc)
+        return {}
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train a detector into ``config.out`` and return the training summary (also in ``aigi.json``).
+
+    Raises:
+        DatasetError: the data cannot be trained on (empty, a single class, no real images, nothing decodable).
+        ModelSourceError: ``config.model`` cannot be resolved.
+        CheckpointError: ``--resume`` without a resumable state.
+    """
+    from aigi.training.datasets import index_dataset
+
+    out = Path(config.out)
+    saved = None
+    if config.resume:
+        saved = read_state(out)
+        runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
+        known = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{**{k: v for k, v in saved["config"].items() if k in known}, **runtime})
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dist_info = _setup_distributed(config.device)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+
+    index = index_dataset(
+        config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+    )
+    labels = labels_for_task(index.class_names, config.task)
+    index_train = _subsample(index.split("train"), config.max_train_images, config.seed)
+    if not index_train:
+        raise DatasetError(f"{config.data}: no training images")
+
+    if saved is not None:
+        from aigi.checkpoint import ArchitectureMeta
+
+        arch = ArchitectureMeta(**saved["architecture"])
+        detector = build_from_meta(arch, len(labels))
+    else:
+        detector, arch = create_detector(config.model, len(labels), seed=config.seed)
+    spec = PreprocessSpec(size=detector.image_size)
+    trainable = apply_finetune_mode(detector, config.finetune)
+    grad_ckpt = _use_grad_checkpointing(config.grad_checkpointing, config.model, arch.vision_config)
+    if grad_ckpt:
+        _enable_grad_checkpointing(detector.vision)
+    detector.to(dist_info.device)
+
+    from aigi.training.datasets import decode_samples
+
+    progress = config.progress and dist_info.main
+    train_images, train_kept, train_skipped = decode_samples(index_train, progress=progress)
+    val_images, val_kept, val_skipped = _load_split(index, "val", progress)
+    if not train_images:
+        raise DatasetError(f"{config.data}: none of the {len(index_train)} training images could be decoded")
+    train_targets = [target_index(s.label, labels) for s in train_kept]
+    if len(set(train_targets)) < 2:
+        raise DatasetError(f"{config.data}: the training split holds a single class; need real and generated images")
+    val_targets = [target_index(s.label, labels) for s in val_kept]
+
+    augment_config = AugmentConfig(flip=config.aug_flip, jpeg_prob=config.aug_jpeg, blur_prob=config.aug_blur)
+    train_set = ImageDataset(train_images, train_targets, spec, augment_config, seed=config.seed)
+    val_set = ImageDataset(val_images, val_targets, spec)
+    sampler = EpochSampler(
+        len(train_set), shuffle=True, seed=config.seed, rank=dist_info.rank, world_size=dist_info.world_size
+    )
+    pin = dist_info.device.type == "cuda"
+    train_loader = make_loader(train_set, sampler, config.batch_size, config.workers, pin)
+    val_loader = make_loader(
+        val_set, ShardSampler(len(val_set), dist_info.rank, dist_info.world_size), config.batch_size, 0, pin
+    )
+
+    model = detector
+    if dist_info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            detector, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
+        )
+    params = [p for p in detector.parameters() if p.requires_grad]
+    lr = config.resolved_lr()
+    optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_cls(params, lr=lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(config.epochs * steps_per_epoch, warmup_steps)
+    )
+    amp_dtype = _amp_dtype(config.amp, dist_info.device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start_epoch = 0
+    if saved is not None:
+        document = restore_state(out, detector, optimizer, scheduler, scaler)
+        history, best, start_epoch = document["history"], document["best"], int(document["epoch"])
+        logger.info("resuming %s after epoch %d of %d", out, start_epoch, config.epochs)
+
+    n_params = sum(p.numel() for p in detector.parameters())
+    logger.info(
+        "training %s (%s, %.2fM params, %.2fM trainable) on %d images (%d val), %d classes, lr %.1e, %s, %d rank(s)",
+        config.model,
+        config.finetune,
+        n_params / 1e6,
+        trainable / 1e6,
+        len(train_set),
+        len(val_set),
+        len(labels),
+        lr,
+        dist_info.device,
+        dist_info.world_size,
+    )
+    summary_base = {
+        "data": str(config.data),
+        "dataset": _dataset_summary(index),
+        "images": {"train": len(train_set), "val": len(val_set)},
+        "skipped_files": len(train_skipped) + len(val_skipped) + len(getattr(index, "skipped", []) or []),
+        "skipped": [[str(p), str(r)] for p, r in (train_skipped + val_skipped)[:50]],
+        "hyperparameters": {**asdict(config), "lr": lr, "grad_checkpointing_enabled": grad_ckpt},
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "device": str(dist_info.device),
+        "world_size": dist_info.world_size,
+        "parameters": n_params,
+        "trainable_parameters": trainable,
+        "epochs": config.epochs,
+    }
+
+    def make_meta(done: bool) -> CheckpointMeta:
+        elapsed = sum(h["epoch_time_s"] for h in history)
+        train_time = sum(h["train_time_s"] for h in history)
+        images = sum(h["train_images"] for h in history)
+        peaks = [h["peak_gpu_memory_mb"] for h in history if h.get("peak_gpu_memory_mb") is not None]
+        training = {
+            **summary_base,
+            "completed": done,
+            "epochs_completed": len(history),
+            "best_epoch": best["epoch"] if best else None,
+            "time_s": round(elapsed, 2),
+            "images_per_s": round(images / train_time, 2) if train_time else None,
+            "peak_gpu_memory_mb": max(peaks) if peaks else None,
+        }
+        metrics = {k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")} if best else {}
+        return CheckpointMeta(
+            architecture=arch, task=config.task, labels=labels, preprocessing=spec, training=training, metrics=metrics
+        )
+
+    stop_at = config.epochs
+    if config.stop_after_epochs is not None:
+        stop_at = min(config.epochs, start_epoch + config.stop_after_epochs)
+    for epoch in range(start_epoch, stop_at):
+        epoch_started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        if dist_info.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dist_info.device)
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record.update(
+            _train_epoch(model, train_loader, optimizer, scheduler, scaler, amp_dtype, config, dist_info, epoch)
+        )
+        record.update(_validate(detector, val_loader, amp_dtype, dist_info))
+        record["peak_gpu_memory_mb"] = _peak_memory_mb(dist_info.device)
+        record["epoch_time_s"] = time.perf_counter() - epoch_started
+        history.append(record)
+        improved = _is_better(record, best)
+        if improved:
+            best = dict(record)
+        logger.info(
+            "epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | %.1f img/s | %.0f s%s",
+            epoch + 1,
+            config.epochs,
+            record["train_loss"],
+            record["train_accuracy"],
+            _fmt(record["val_loss"]),
+            _fmt(record["val_accuracy"]),
+            record["images_per_s"],
+            record["epoch_time_s"],
+            " (best)" if improved else "",
+        )
+        if dist_info.main:
+            if improved:
+                save_checkpoint(out, detector, make_meta(done=False))
+            payload = {
+                "epoch": epoch + 1,
+                "config": asdict(config),
+                "architecture": asdict(arch),
+                "labels": labels,
+                "history": history,
+                "best": best,
+            }
+            save_state(out, detector, optimizer, scheduler, scaler, payload)
+            write_json_atomic(out / METRICS_FILENAME, {"history": history, "best_epoch": best["epoch"]})
+
+    done = len(history) >= config.epochs
+    meta = make_meta(done)
+    if dist_info.main:
+        from aigi.checkpoint import save_meta
+
+        save_meta(out, meta)
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    logger.info(
+        "%s after %d/%d epochs in %.0f s: best epoch %s, val accuracy %s; wrote %s",
+        "finished" if done else "stopped",
+        len(history),
+        config.epochs,
+        time.perf_counter() - started,
+        meta.training["best_epoch"],
+        _fmt(best["val_accuracy"] if best else None),
+        out,
+    )
+    return meta.training
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
