@@ -14,7 +14,7 @@ from _training_helpers import make_easy_dataset, make_tiny_clip_dir  # noqa: E40
 
 from aigi.cli import main  # noqa: E402
 from aigi.preprocessing import PreprocessSpec, preprocess  # noqa: E402
-from aigi.training.augment import AugmentConfig, augment, random_origin  # noqa: E402
+from aigi.training.augment import AugmentConfig, augment, random_origin, scale_contrast  # noqa: E402
 from aigi.training.data import EpochSampler, ImageDataset  # noqa: E402
 from aigi.training.resume import optimizer_from_flat, optimizer_to_flat  # noqa: E402
 from aigi.training.train import cosine_with_warmup  # noqa: E402
@@ -80,6 +80,16 @@ def test_augment_changes_pixels_when_jpeg_and_blur_are_certain() -> None:
     config = AugmentConfig(flip=False, jpeg_prob=1.0, blur_prob=1.0, blur_sigma=(1.0, 2.0))
     out = augment(image, spec, np.random.default_rng(3), config)
     assert out.shape == image.shape and np.abs(out.astype(int) - image).mean() > 5
+
+
+def test_scale_contrast_keeps_the_mean_and_scales_deviations_when_gain_given() -> None:
+    image = np.random.default_rng(4).integers(60, 200, (64, 64, 3), dtype=np.uint8)
+    doubled = scale_contrast(image, 2.0)
+    assert np.allclose(doubled.mean(axis=(0, 1)), image.mean(axis=(0, 1)), atol=1.0)
+    assert doubled.astype(float).std() == pytest.approx(2 * image.astype(float).std(), rel=0.05)
+    config = AugmentConfig(contrast_prob=1.0, contrast_gain=(0.5, 0.5))
+    halved = augment(image, PreprocessSpec(size=64), np.random.default_rng(0), config)
+    assert halved.astype(float).std() == pytest.approx(0.5 * image.astype(float).std(), rel=0.05)
 
 
 def test_augment_config_raises_when_probability_out_of_range() -> None:

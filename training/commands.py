@@ -56,6 +56,7 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_train_images=args.max_train_images,
         aug_flip=args.flip,
+        aug_contrast=args.aug_contrast,
         aug_jpeg=args.aug_jpeg,
         aug_blur=args.aug_blur,
         val_fraction=args.val_fraction,
@@ -164,6 +165,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="subsample for quick runs")
     parser.add_argument("--aug-jpeg", type=_probability, default=0.0, help="probability of JPEG re-compression")
     parser.add_argument("--aug-blur", type=_probability, default=0.0, help="probability of Gaussian blur")
+    parser.add_argument(
+        "--aug-contrast", type=_probability, default=0.0, help="probability of a random contrast gain (0.5x-2x)"
+    )
     parser.add_argument(
         "--flip",
         action="store_true",

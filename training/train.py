@@ -66,6 +66,7 @@ class TrainConfig:
     workers: int = 0
     max_train_images: int | None = None
     aug_flip: bool = False
+    aug_contrast: float = 0.0
     aug_jpeg: float = 0.0
     aug_blur: float = 0.0
     val_fraction: float = 0.1
@@ -342,7 +343,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         raise DatasetError(f"{config.data}: the training split holds a single class; need real and generated images")
     val_targets = [target_index(s.label, labels) for s in val_kept]
 
-    augment_config = AugmentConfig(flip=config.aug_flip, jpeg_prob=config.aug_jpeg, blur_prob=config.aug_blur)
+    augment_config = AugmentConfig(
+        flip=config.aug_flip, contrast_prob=config.aug_contrast, jpeg_prob=config.aug_jpeg, blur_prob=config.aug_blur
+    )
     train_set = ImageDataset(train_images, train_targets, spec, augment_config, seed=config.seed)
     val_set = ImageDataset(val_images, val_targets, spec)
     sampler = EpochSampler(
