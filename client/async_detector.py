@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from aigi.client import protocol as wire
-from aigi.client.detector import DetectorStats, first_error, newest_version
+from aigi.client.detector import DetectorSettings, first_error, newest_version
 from aigi.client.images import Prepared, prepare
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
@@ -24,41 +24,20 @@ from aigi.preprocessing import DEFAULT_MAX_PIXELS, ImageInput
 logger = logging.getLogger(__name__)
 
 
-class AsyncDetector:
+class AsyncDetector(DetectorSettings):
     """Detect generated images through a Triton server, with asyncio.
 
     Args are those of :class:`aigi.client.Detector`; ``max_in_flight`` bounds the requests
     outstanding at once across all concurrent ``detect`` calls of this detector.
     """
 
-    def __init__(
-        self,
-        url: str = "127.0.0.1:8001",
-        protocol: str = "grpc",
-        model: str = "aigi",
-        preprocess: str = "server",
-        timeout: float = 30.0,
-        retries: int = 4,
-        backoff: float = 0.2,
-        max_in_flight: int = 4,
-        raise_errors: bool = False,
-    ) -> None:
-        self.url = wire.normalize_url(url)
-        self.protocol = wire.check_choice("protocol", protocol, wire.PROTOCOLS)
-        self.model = model
-        self.preprocess = wire.check_choice("preprocess", preprocess, wire.PREPROCESS_MODES)
-        self.timeout = float(timeout)
-        self.retries = max(0, int(retries))
-        self.backoff = float(backoff)
-        self.max_in_flight = max(1, int(max_in_flight))
-        self.raise_errors = raise_errors
-        self.stats = DetectorStats()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._module = wire.client_module(self.protocol, aio=True)
         self._client_obj: Any = None
         self._semaphore: asyncio.Semaphore | None = None
         self._info: ModelInfo | None = None
         self._info_lock: asyncio.Lock | None = None
-        self._target = model
 
     def _client(self) -> Any:
         # aio clients bind to the running loop, so they are made on first use, inside it

@@ -63,21 +63,8 @@ class DetectorStats:
         return asdict(self)
 
 
-class Detector:
-    """Detect generated images through a Triton server (gRPC or HTTP).
-
-    Args:
-        url: ``host:port`` of the server's gRPC (8001) or HTTP (8000) endpoint.
-        protocol: ``grpc`` or ``http``.
-        model: the ensemble to call (``aigi`` unless exported with ``--name``).
-        preprocess: ``server`` sends encoded image bytes to the ensemble; ``client`` preprocesses
-            locally with :func:`aigi.preprocessing.preprocess` and sends ``pixel_values`` to the network model.
-        timeout: seconds one request (or metadata call) may take before it counts as unanswered.
-        retries: how many times a request is re-sent after no server answered.
-        backoff: first retry delay in seconds; it doubles per retry (with jitter), up to 5 s.
-        max_in_flight: requests outstanding at once.
-        raise_errors: default of ``detect(raise_errors=...)``.
-    """
+class DetectorSettings:
+    """The settings :class:`Detector` and :class:`aigi.client.AsyncDetector` share, checked once."""
 
     def __init__(
         self,
@@ -101,13 +88,33 @@ class Detector:
         self.max_in_flight = max(1, int(max_in_flight))
         self.raise_errors = raise_errors
         self.stats = DetectorStats()
+        self._target = model
+
+
+class Detector(DetectorSettings):
+    """Detect generated images through a Triton server (gRPC or HTTP).
+
+    Args:
+        url: ``host:port`` of the server's gRPC (8001) or HTTP (8000) endpoint.
+        protocol: ``grpc`` or ``http``.
+        model: the ensemble to call (``aigi`` unless exported with ``--name``).
+        preprocess: ``server`` sends encoded image bytes to the ensemble; ``client`` preprocesses
+            locally with :func:`aigi.preprocessing.preprocess` and sends ``pixel_values`` to the network model.
+        timeout: seconds one request (or metadata call) may take before it counts as unanswered.
+        retries: how many times a request is re-sent after no server answered.
+        backoff: first retry delay in seconds; it doubles per retry (with jitter), up to 5 s.
+        max_in_flight: requests outstanding at once.
+        raise_errors: default of ``detect(raise_errors=...)``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._module = wire.client_module(self.protocol)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._clients: list[Any] = []
         self._pool: ThreadPoolExecutor | None = None
         self._info: ModelInfo | None = None
-        self._target: str = model
 
     # -- connection ------------------------------------------------------------------------------
 

@@ -58,7 +58,8 @@ def test_configs_follow_contract_when_built_for_cpu():
     assert network.backend == "python" and network.instance_groups[0].kind == "KIND_CPU"
     assert network.parameters["onnx_file"] == "model.onnx" and network.parameters["EXECUTION_ENV_PATH"] == "/env"
     assert [o.name for o in network.outputs] == ["logits", "probs", "p_fake"]
-    assert network.warmups[0].batch_size == 1 and network.dynamic_batching.max_queue_delay_microseconds > 0
+    assert network.warmups[0].batch_size == 1
+    assert network.dynamic_batching.max_queue_delay_microseconds == 2000
 
 
 def test_configs_use_gpu_instances_when_backend_is_onnx_or_trt():
