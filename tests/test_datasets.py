@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from PIL import Image
 
 from aigi.errors import DatasetError
+from aigi.training import commands
 from aigi.training.datasets import Sample, decode_samples, index_dataset
 
 
@@ -297,3 +300,102 @@ def test_summary_reports_layout_counts_and_skips_when_indexed(tmp_path: Path) ->
     assert summary["counts"]["test"] == {"real": 2, "fake": 2}
     assert sum(summary["counts"]["val"].values()) == 2  # carved out of train
     assert summary["skipped"] == {"count": 0, "reasons": {}}
+
+
+def _labelled(index) -> list[tuple[str, str]]:
+    return sorted((str(sample.path), sample.label) for sample in index.samples)
+
+
+def _expected(root: Path, counts: dict[str, int]) -> list[tuple[str, str]]:
+    return sorted((str(root / label / f"{i:03d}.png"), label) for label, count in counts.items() for i in range(count))
+
+
+def test_index_dataset_indexes_each_file_once_with_its_label_when_a_symlink_points_back_to_the_root(
+    tmp_path: Path, caplog
+) -> None:
+    _images(tmp_path / "real", 3)
+    _images(tmp_path / "fake", 2)
+    (tmp_path / "real" / "up").symlink_to("..", target_is_directory=True)
+
+    with caplog.at_level(logging.WARNING, logger="aigi.training.datasets"):
+        index = index_dataset(tmp_path, val_fraction=0.0, test_fraction=1.0)
+
+    assert _labelled(index) == _expected(tmp_path, {"real": 3, "fake": 2})
+    warnings = [record.getMessage() for record in caplog.records if "symlinked folders" in record.getMessage()]
+    assert len(warnings) == 1 and "skipped 1 symlinked folders" in warnings[0]
+
+
+@pytest.mark.timeout(30)
+def test_index_dataset_terminates_and_indexes_each_file_once_when_symlinks_form_a_cycle(tmp_path: Path) -> None:
+    _images(tmp_path / "real", 3)
+    _images(tmp_path / "fake", 3)
+    (tmp_path / "real" / "loop").symlink_to("../fake", target_is_directory=True)
+    (tmp_path / "fake" / "loop").symlink_to("../real", target_is_directory=True)
+
+    index = index_dataset(tmp_path, val_fraction=0.0, test_fraction=1.0)
+
+    assert _labelled(index) == _expected(tmp_path, {"real": 3, "fake": 3})
+
+
+def test_index_dataset_follows_outside_links_once_when_a_dataset_is_assembled_from_symlinks(tmp_path: Path) -> None:
+    pool = tmp_path / "mnt" / "coco"
+    _images(pool, 3)
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "real").symlink_to(pool, target_is_directory=True)  # a folder link out of the root
+    (root / "train" / "real2").symlink_to(pool, target_is_directory=True)  # the same folder a second time
+    _images(root / "train" / "fake", 2)
+    (root / "train" / "fake" / "outside.png").symlink_to(_image(tmp_path / "elsewhere.png", seed=9))
+    (root / "train" / "gan").mkdir()
+    (root / "train" / "gan" / "dup.png").symlink_to("../fake/000.png")  # a second name for an indexed image
+
+    index = index_dataset(root, val_fraction=0.0)
+
+    fakes = [*(root / "train" / "fake" / f"{i:03d}.png" for i in range(2)), root / "train" / "fake" / "outside.png"]
+    assert _labelled(index) == sorted(
+        [(str(root / "train" / "real" / f"{i:03d}.png"), "real") for i in range(3)]
+        + [(str(path), "fake") for path in fakes]
+    )
+
+
+def _manifest_with(tmp_path: Path, extra_row: str) -> Path:
+    root = tmp_path / "dataset"
+    rows = ["path,label"]
+    for label in ("real", "fake"):
+        for i in range(3):
+            _image(root / label / f"{i}.png", seed=i)
+            rows.append(f"{label}/{i}.png,{label}")
+    rows.append(extra_row)
+    manifest = root / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_index_dataset_raises_dataset_error_when_manifest_row_resolves_outside_its_folder(
+    tmp_path: Path, kind: str
+) -> None:
+    outside = _image(tmp_path / "outside.png", seed=7)
+    if kind == "symlink":
+        (tmp_path / "dataset").mkdir()
+        (tmp_path / "dataset" / "link").symlink_to(tmp_path, target_is_directory=True)
+    row = {"dotdot": "../outside.png", "absolute": str(outside), "symlink": "link/outside.png"}[kind]
+    manifest = _manifest_with(tmp_path, f"{row},fake")
+
+    with pytest.raises(DatasetError, match=r"m\.csv:8: .*outside.png.* resolves outside") as caught:
+        index_dataset(manifest)
+    assert "\n" not in str(caught.value) and "allow_outside_root" in str(caught.value)
+
+    index = index_dataset(manifest, allow_outside_root=True)
+    assert len(index.samples) == 7
+    assert os.path.realpath(outside) in {os.path.realpath(sample.path) for sample in index.samples}
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_cli_accepts_allow_outside_root_when_train_or_eval_is_given_the_flag(command: str) -> None:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    base = ["--data", "d.csv", "--out", "o"] + (["--checkpoint", "run"] if command == "eval" else [])
+
+    assert parser.parse_args([command, *base, "--allow-outside-root"]).allow_outside_root is True
+    assert parser.parse_args([command, *base]).allow_outside_root is False

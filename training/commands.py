@@ -61,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         aug_blur=args.aug_blur,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        allow_outside_root=args.allow_outside_root,
         stop_after_epochs=args.stop_after_epochs,
         threads=args.threads,
         device=args.device,
@@ -92,6 +93,7 @@ def _eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             device=args.device,
+            allow_outside_root=args.allow_outside_root,
             progress=not args.quiet,
         )
     except ValueError as exc:
@@ -175,6 +177,7 @@ def _add_train(subparsers) -> None:
     )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="for datasets without a val folder")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="for datasets without a test folder")
+    _add_allow_outside_root(parser)
     parser.add_argument(
         "--stop-after-epochs", type=_positive_int, default=None, help="stop after N epochs of this invocation"
     )
@@ -197,7 +200,17 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default=None)
+    _add_allow_outside_root(parser)
     parser.set_defaults(handler=_eval)
+
+
+def _add_allow_outside_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="let a CSV manifest list files outside its own folder (absolute paths, '..', symlinks leading out); "
+        "refused by default",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

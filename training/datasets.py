@@ -3,6 +3,9 @@
 Layouts, detected in this order:
 
 - ``manifest``: a CSV file ``path,label[,split]`` with a header row; paths are relative to the CSV's folder.
+  Every path must resolve inside that folder (no absolute path, ``..`` or symlink leading out) unless the caller
+  passes ``allow_outside_root=True``: a manifest is plain text that may come from elsewhere, and its folder is
+  the dataset it claims to describe.
 - ``forensynths`` (CNNDetection): ``[split/][generator/]<category>/{0_real,1_fake}/``. With a generator level,
   fakes are labelled by generator; without, ``fake``.
 - ``genimage``: ``<generator>/[...]/{train,val}/{ai,nature}/``; ``nature`` is ``real``, ``ai`` the generator.
@@ -13,6 +16,14 @@ Where the data has no test split, one is made: with train and val only (GenImage
 and a new val is carved out of train; with no split at all, a stratified split by class. Zero-byte files, files
 without an image extension and images outside any class folder are skipped with a warning and counted, never
 raised; files at the root that are not images (a README, ``synth.json``) are metadata and ignored.
+
+Folders are walked following symlinks, because datasets are often assembled from links (``train/real ->
+/mnt/coco/train2017``, or a folder of per-image links into a shared pool), and symlinked files are read wherever
+they point, inside the root or not: whoever can create a link inside the dataset folder has chosen that layout. The
+walk is cycle-safe and indexes each file once: every folder is walked once by its real path, the dataset's own
+folders under their own names first, so a link back into the dataset (``real/up -> ..``) or a link loop is skipped
+rather than indexing the same images again under another label; an image reached under several names keeps the
+name that involves no symlink, else the first met. What was skipped is logged once with a count.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import csv
 import logging
 import os
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -111,6 +122,7 @@ def index_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    allow_outside_root: bool = False,
 ) -> DatasetIndex:
     """Find the images of a dataset, their labels and splits.
 
@@ -120,9 +132,13 @@ def index_dataset(
         test_fraction: share of each class moved to test when the data has no split at all. Use
             ``val_fraction=0, test_fraction=1`` to evaluate on a whole unsplit folder.
         seed: seed of the stratified split; the same seed gives the same split.
+        allow_outside_root: let a CSV manifest name files that resolve outside its folder (absolute paths,
+            ``..``, symlinks leading out); refused by default. Folder datasets follow symlinks wherever they point
+            (each image indexed once, see the module docstring), so this only concerns manifests.
 
     Raises:
-        DatasetError: missing path, malformed manifest, no images, no ``real`` class, or a single class.
+        DatasetError: missing path, malformed manifest, a manifest row outside the manifest's folder (unless
+            ``allow_outside_root``), no images, no ``real`` class, or a single class.
     """
     if not 0 <= val_fraction <= 1 or not 0 <= test_fraction <= 1 or val_fraction + test_fraction > 1:
         raise DatasetError(
@@ -134,7 +150,7 @@ def index_dataset(
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DatasetError(f"{root}: a dataset is a folder or a .csv manifest")
-        samples, skipped, layout = *_index_manifest(root), "manifest"
+        samples, skipped, layout = *_index_manifest(root, allow_outside_root), "manifest"
     else:
         samples, skipped, layout = _index_folder(root)
     for path_, reason in skipped[:MAX_LOGGED_SKIPS]:
@@ -175,22 +191,99 @@ def _normalize_label(name: str) -> str:
 
 
 def _walk(root: Path) -> tuple[list[tuple[tuple[str, ...], Path]], list[tuple[str, str]]]:
-    """Image files under ``root`` as (folder parts relative to root, path), and the files skipped."""
-    files, skipped = [], []
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        parts = Path(folder).relative_to(root).parts
-        for name in sorted(names):
-            file = Path(folder) / name
-            is_image = file.suffix.lower() in IMAGE_EXTENSIONS
+    """Image files under ``root`` as (folder parts relative to root, path), and the files skipped.
+
+    Symlinks are followed, to folders and to files, inside the root or out of it: ``train/real -> /mnt/coco/...``
+    and folders of per-image links are ordinary ways to lay out a dataset without copying it, and a link inside the
+    dataset folder is the choice of whoever laid it out (unlike a manifest row, which is text; see
+    :func:`_index_manifest`). Following links must neither loop nor index an image twice, so:
+
+    - every folder is walked at most once, by its real path; the dataset's own folders (reached without a link)
+      are walked first under their own names, and a symlinked folder is walked afterwards only if its real path
+      was not walked yet. ``real/up -> ..`` or ``a/loop -> ../b`` lead back to folders already walked and are
+      skipped, so their images keep the labels of their own folders, and a link loop ends;
+    - an image reached under several names (a file link, a link to a folder walked elsewhere) is indexed once, by
+      its real path: under the name that involves no symlink if there is one, else the first name met.
+
+    Paths keep the names met in the walk (``train/real/x.png``, not the link's target): labels and splits come
+    from the folders the user laid out. What was skipped is logged once, with counts.
+    """
+    root_real = os.path.realpath(root)
+    walked = {root_real}  # real paths of the folders walked, or queued to be
+    own: list[tuple[Path, tuple[str, ...], str]] = [(root, (), root_real)]  # (folder, parts, real path)
+    linked: deque[tuple[Path, tuple[str, ...]]] = deque()  # symlinked folders, walked after the dataset's own
+    candidates: list[tuple[tuple[str, ...], Path, str, bool]] = []  # (parts, file, real path, reached without links)
+    skipped: list[tuple[str, str]] = []
+    folders_skipped = 0
+
+    def scan(folder: Path, parts: tuple[str, ...], folder_real: str, canonical: bool) -> list:
+        nonlocal folders_skipped
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            logger.warning("cannot list %s: %s", folder, exc)
+            return []
+        subfolders = []
+        for entry in entries:
+            name, path = entry.name, folder / entry.name
+            if entry.is_dir():  # follows a link, like os.walk
+                if name.startswith("."):
+                    continue
+                if entry.is_symlink():
+                    linked.append((path, (*parts, name)))
+                    continue
+                real = os.path.join(folder_real, name)
+                if real in walked:  # a second way into a folder already walked (below a followed link)
+                    folders_skipped += 1
+                    continue
+                walked.add(real)
+                subfolders.append((path, (*parts, name), real))
+                continue
+            is_image = path.suffix.lower() in IMAGE_EXTENSIONS
             if name.startswith(".") or (not parts and not is_image):
                 continue  # .DS_Store, and a root's README or synth.json, are not data
             if not is_image:
-                skipped.append((str(file), SKIP_EXTENSION))
-            elif _size(file) == 0:
-                skipped.append((str(file), SKIP_EMPTY))
+                skipped.append((str(path), SKIP_EXTENSION))
+            elif _size(path) == 0:
+                skipped.append((str(path), SKIP_EMPTY))
             else:
-                files.append((parts, file))
+                link = entry.is_symlink()
+                real = os.path.realpath(path) if link else os.path.join(folder_real, name)
+                candidates.append((parts, path, real, canonical and not link))
+        return subfolders
+
+    def walk(queue: list[tuple[Path, tuple[str, ...], str]], canonical: bool) -> None:
+        while queue:  # depth first, in name order, like os.walk
+            folder, parts, folder_real = queue.pop()
+            queue.extend(reversed(scan(folder, parts, folder_real, canonical)))
+
+    walk(own, canonical=True)
+    while linked:  # links met below a followed link queue up here too; each real folder is walked once
+        path, parts = linked.popleft()
+        real = os.path.realpath(path)
+        if real in walked:
+            folders_skipped += 1  # a link loop, a link back into the dataset, or a second link to one folder
+            continue
+        walked.add(real)
+        walk([(path, parts, real)], canonical=False)
+
+    # one entry per real file: the name without a symlink if any, else the first met
+    chosen: dict[str, int] = {}
+    for i, (_, _, real, canonical) in enumerate(candidates):
+        if real not in chosen or (canonical and not candidates[chosen[real]][3]):
+            chosen[real] = i
+    files = [(parts, file) for i, (parts, file, real, _) in enumerate(candidates) if chosen[real] == i]
+    duplicates = len(candidates) - len(files)
+    if folders_skipped or duplicates:
+        logger.warning(
+            "%s: skipped %d symlinked folders already walked under another name (a link loop, a link back into the "
+            "dataset or a second link to one folder) and %d images reached under a second name; each image is "
+            "indexed once",
+            root,
+            folders_skipped,
+            duplicates,
+        )
     return files, skipped
 
 
@@ -279,8 +372,17 @@ def _forensynths_samples(files: list[tuple[tuple[str, ...], Path]]) -> list[Samp
 # ----------------------------------------------------------------------------- manifest
 
 
-def _index_manifest(csv_path: Path) -> tuple[list[Sample], list[tuple[str, str]]]:
+def _index_manifest(csv_path: Path, allow_outside_root: bool = False) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Samples of a CSV manifest; its rows must resolve inside the CSV's folder unless ``allow_outside_root``.
+
+    The folder check resolves symlinks: ``../x.png``, ``/abs/x.png`` and ``link/x.png`` with ``link -> /elsewhere``
+    are all refused by default. A manifest is text that may come from another machine or another person and can
+    name any file the process can read; its folder is the dataset it describes, so leaving it takes an explicit
+    ``allow_outside_root=True`` (``--allow-outside-root``). Folder datasets differ: a link there was placed by
+    whoever laid out the folder (see :func:`_walk`).
+    """
     base = csv_path.parent
+    base_real = os.path.realpath(base)
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -306,6 +408,11 @@ def _index_manifest(csv_path: Path) -> tuple[list[Sample], list[tuple[str, str]]
             if split is None:
                 raise DatasetError(f"{csv_path}:{line}: split must be train, val or test, got {row[2]!r}")
         file = Path(name) if Path(name).is_absolute() else base / name
+        if not allow_outside_root and not _is_within(os.path.realpath(file), base_real):
+            raise DatasetError(
+                f"{csv_path}:{line}: {name!r} resolves outside the manifest's folder {base} "
+                "(pass allow_outside_root=True, or --allow-outside-root, to allow it)"
+            )
         if not file.is_file():
             skipped.append((str(file), SKIP_MISSING))
         elif file.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -315,6 +422,13 @@ def _index_manifest(csv_path: Path) -> tuple[list[Sample], list[tuple[str, str]]
         else:
             samples.append(Sample(file, _normalize_label(label), split))
     return samples, skipped
+
+
+def _is_within(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # another drive (Windows)
+        return False
 
 
 # ----------------------------------------------------------------------------- splits

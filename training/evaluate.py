@@ -190,6 +190,7 @@ def evaluate(
     batch_size: int = 64,
     workers: int = 0,
     device: str | None = None,
+    allow_outside_root: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run directory on a dataset, write the report to ``out`` and the threshold into ``aigi.json``.
@@ -209,7 +210,7 @@ def evaluate(
         raise ValueError(f"target FPR must lie in [0, 1], got {target_fpr}")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     detector, meta = load_checkpoint(checkpoint, torch_device)
-    index = index_dataset(data, **_index_settings(meta))
+    index = index_dataset(data, **_index_settings(meta), allow_outside_root=allow_outside_root)
     val_images, val_kept, val_skipped = _decode(index, "val", progress)
     test_images, test_kept, test_skipped = _decode(index, "test", progress)
     if not test_images:

@@ -71,6 +71,7 @@ class TrainConfig:
     aug_blur: float = 0.0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    allow_outside_root: bool = False
     stop_after_epochs: int | None = None
     threads: int | None = None
     device: str | None = None
@@ -310,7 +311,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
 
     index = index_dataset(
-        config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+        config.data,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        allow_outside_root=config.allow_outside_root,
     )
     labels = labels_for_task(index.class_names, config.task)
     index_train = _subsample(index.split("train"), config.max_train_images, config.seed)
