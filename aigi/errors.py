@@ -62,5 +62,9 @@ class ModelNotReadyError(ClientError):
     """The server answered but the requested model is not loaded or not ready."""
 
 
+class RequestTimeoutError(ClientError, TimeoutError):
+    """The server took the request but did not answer before the deadline; not retried (a retry adds load)."""
+
+
 class RequestRejectedError(ClientError):
     """The server refused or failed one inference request (for example an undecodable image)."""

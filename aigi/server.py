@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -44,6 +45,13 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 LOG_TAIL_LINES = 30
+# Triton APIs that change the server or reach its host, not the model's answers: loading/unloading models
+# (an outage, or code execution through an uploaded Python model), registering shared memory (reads and
+# writes other /dev/shm regions), trace and log settings (write files). Callers must send this header.
+ADMIN_HEADER = "aigi-admin-key"
+# Triton's gRPC frontend expects the restricted-protocol header under this prefix
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 PORT_RETRIES = 3
 # errors a CPU-only host always logs; they say nothing about why a server failed
 _HARMLESS = ("CudaDriverHelper", "unable to create stream", "pinned", "NVML", "CUDA driver")
@@ -123,6 +131,17 @@ def model_folders(repo: Path) -> list[str]:
     return names
 
 
+def restricted_api_args(admin_key: str) -> list[str]:
+    """``tritonserver`` flags that close :data:`RESTRICTED_APIS` on HTTP and gRPC to callers without the key."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{16,}", admin_key):
+        raise ServerError("the admin key must be at least 16 characters of letters, digits, '-' or '_'")
+    apis = ",".join(RESTRICTED_APIS)
+    return [
+        f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
+        f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}",
+    ]
+
+
 class TritonServer:
     """One ``tritonserver`` process serving a model repository, bound to 127.0.0.1 by default.
 
@@ -136,6 +155,9 @@ class TritonServer:
         log_file: where the server's stdout and stderr go (appended); a new file in the temp folder when ``None``.
         exit_timeout_s: how long Triton waits for in-flight requests when stopping.
         extra_args: more ``tritonserver`` flags, passed through.
+        admin_key: the value of the ``aigi-admin-key`` header that Triton's restricted APIs
+            (:data:`RESTRICTED_APIS`) require; a random secret when ``None``. Read it back from
+            :attr:`admin_headers`.
     """
 
     def __init__(
@@ -150,8 +172,10 @@ class TritonServer:
         log_file: str | Path | None = None,
         exit_timeout_s: int = 5,
         extra_args: list[str] | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.repo = Path(repo).resolve()
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
         self.env = Path(env or sys.prefix).absolute()
         self.host = host
         self.log_verbose = int(log_verbose)
@@ -233,6 +257,7 @@ class TritonServer:
             # source (python_models/) and notes that Triton would otherwise try, and fail, to load
             "--model-control-mode=explicit",
             *(f"--load-model={name}" for name in model_folders(self.repo)),
+            *restricted_api_args(self.admin_key),
             # regions in /dev/shm are named after this prefix; two servers sharing one collide
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--backend-config=python,shm-default-byte-size=4194304",
@@ -246,6 +271,9 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
         # the backend stub embeds the python3 first on PATH; that is how models find numpy and aigi
         env["PATH"] = os.pathsep.join(p for p in (str(self.env / "bin"), env.get("PATH", "")) if p)
+        # a Python model must run the source sealed in the repository's MANIFEST.json, and must not
+        # write bytecode next to it (the manifest would then see unexpected files)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.pop("PYTHONPATH", None)
         env.pop("PYTHONHOME", None)
         return env
@@ -313,8 +341,26 @@ class TritonServer:
         self._cleanup()
         return proc.returncode
 
+    def kill(self) -> int | None:
+        """SIGKILL the server process (a crash, an OOM kill), with no chance to drain; for fault checks.
+
+        Only ``tritonserver`` itself is killed, as the kernel's OOM killer would; its Python backend stubs
+        notice their parent is gone and exit on their own.
+
+        Returns:
+            The process's exit code (``-9``), or ``None`` when it was never started.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._cleanup()
+        return proc.returncode
+
     def restart(self, timeout: float = 120.0) -> TritonServer:
-        """Stop, then start again on the same ports and wait until ready."""
+        """Stop (or reap a killed process), then start again on the same ports and wait until ready."""
         self.stop()
         self._requested = dict(self.ports)
         return self.start().wait_ready(timeout)
@@ -361,6 +407,32 @@ class TritonServer:
         """Exit code once the process has ended."""
         return self._proc.poll() if self._proc else None
 
+    def stub_pids(self, model: str | None = None) -> list[int]:
+        """Process ids of this server's Python-backend stubs (of ``model`` only, when given); Linux only."""
+        if self.pid is None:
+            return []
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+                cmdline = (status.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue  # the process ended while we looked
+            if fields.get("PPid", "").strip() != str(self.pid) or not cmdline[0].endswith(b"python_backend_stub"):
+                continue
+            if model is None or any(f"/{model}/".encode() in part for part in cmdline):
+                found.append(int(status.parent.name))
+        return sorted(found)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers that open Triton's restricted APIs (model repository, shared memory, trace, logging).
+
+        Both spellings: HTTP reads ``aigi-admin-key``, gRPC ``triton-grpc-protocol-aigi-admin-key``; the other
+        protocol ignores the header it does not expect, so one dict serves both clients.
+        """
+        return {ADMIN_HEADER: self.admin_key, GRPC_HEADER_PREFIX + ADMIN_HEADER: self.admin_key}
+
     @property
     def endpoints(self) -> dict[str, str]:
         """``http``, ``grpc``, ``metrics`` as ``host:port``, plus ``http_url`` and ``metrics_url``."""
@@ -375,7 +447,9 @@ class TritonServer:
 
     def models(self) -> list[dict[str, str]]:
         """The repository index: ``name``, ``version`` and ``state`` of every model the server knows."""
-        request = urllib.request.Request(f"{self.endpoints['http_url']}/v2/repository/index", data=b"{}", method="POST")
+        request = urllib.request.Request(
+            f"{self.endpoints['http_url']}/v2/repository/index", data=b"{}", method="POST", headers=self.admin_headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return list(json.loads(response.read()))

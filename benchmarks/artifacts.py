@@ -86,6 +86,11 @@ class ServedRepo:
         """The server's process id."""
         return self.server.pid
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers for the server's restricted APIs (shared-memory registration, model repository)."""
+        return self.server.admin_headers
+
 
 class ArtifactStore:
     """Lazily built artifacts of one checkpoint.
@@ -269,7 +274,7 @@ class ArtifactStore:
 
 def _cpu_exports(repo: Path) -> dict[str, dict]:
     """Prefixes of a repository whose network is the CPU model, from its ``MANIFEST.json``."""
-    from aigi.export.manifest import read_manifest
+    from aigi.manifest import read_manifest
 
     manifest = read_manifest(repo) or {}
     return {

@@ -47,6 +47,7 @@ def build_command(
     input_data: str | Path | None = None,
     shared_memory: bool = False,
     output_bytes: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> list[str]:
     """The perf_analyzer command line for one (model, batch, concurrency) point."""
     command = [
@@ -70,6 +71,8 @@ def build_command(
         "--input-data",
         str(input_data) if input_data else "random",
     ]
+    for key, value in (headers or {}).items():
+        command += ["-H", f"{key}:{value}"]  # the restricted shared-memory API wants the server's admin key
     if shared_memory:
         command += ["--shared-memory", "system", "--output-shared-memory-size", str(max(output_bytes, 1024))]
     return command
@@ -171,6 +174,7 @@ def sweep(
                     input_data=images_json if runtime.input_kind == "bytes" else None,
                     shared_memory=bool(runtime.spec.option("shm")),
                     output_bytes=batch * runtime.served.num_labels * 4,
+                    headers=runtime.served.admin_headers if runtime.spec.option("shm") else None,
                 )
                 try:
                     for row in run_point(command, csv_path, model, batch, timeout_s=120 + 10 * duration_s):

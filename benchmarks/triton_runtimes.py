@@ -122,7 +122,7 @@ class TritonTensorRuntime(_TritonBase):
             for role, byte_size in sizes.items():
                 name = f"aigi-bench-{os.getpid()}-{next(_REGION_IDS)}-{role}"
                 handle = self._shm.create_shared_memory_region(name, "/" + name, byte_size)
-                client.register_system_shared_memory(name, "/" + name, byte_size)
+                client.register_system_shared_memory(name, "/" + name, byte_size, headers=self.served.admin_headers)
                 stream.regions[role] = (name, handle)
         with self._lock:
             self._streams.append(stream)
@@ -173,7 +173,7 @@ class TritonTensorRuntime(_TritonBase):
         for stream in self._streams:
             for name, handle in stream.regions.values():
                 try:
-                    stream.client.unregister_system_shared_memory(name)
+                    stream.client.unregister_system_shared_memory(name, headers=self.served.admin_headers)
                 except Exception as exc:  # noqa: BLE001 - the server may already be gone
                     logger.debug("unregistering %s failed: %s", name, exc)
                 self._shm.destroy_shared_memory_region(handle)

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
 from aigi.client import protocol as wire
-from aigi.client.detector import DetectorSettings, first_error, newest_version
-from aigi.client.images import Prepared, prepare
+from aigi.client.detector import (
+    DetectorSettings,
+    as_iterable,
+    assemble,
+    first_error,
+    newest_version,
+    split_chunks,
+)
+from aigi.client.images import Prepared, prepare, windows
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
 from aigi.errors import ClientError, ModelNotReadyError, RequestRejectedError
-from aigi.preprocessing import DEFAULT_MAX_PIXELS, ImageInput
+from aigi.preprocessing import ImageInput, PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +74,8 @@ class AsyncDetector(DetectorSettings):
             except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
                 kind = wire.classify(exc)
                 last = exc
-                if kind == wire.REJECTED:
-                    raise wire.rejected_error(self._target, exc) from exc
-                if kind == wire.NOT_READY and what == "metadata":
-                    raise ModelNotReadyError(
-                        f"model {self.model!r} is not available at {self.url}: {wire.describe(exc)}"
-                    ) from exc
+                if (error := wire.final_error(kind, what, exc, self, self._target)) is not None:
+                    raise error from exc
                 logger.debug("%s: no answer from %s (%s); attempt %d", what, self.url, wire.describe(exc), attempt)
                 if attempt < self.retries:
                     self.stats.retries += 1
@@ -129,32 +132,27 @@ class AsyncDetector(DetectorSettings):
         metadata = await self._call("metadata", client.get_model_metadata, name, **kwargs)
         return config, newest_version(metadata.get("versions") or [])
 
-    async def detect(self, images: Sequence[ImageInput], raise_errors: bool | None = None) -> list[Result]:
+    async def detect(self, images: Iterable[ImageInput] | ImageInput, raise_errors: bool | None = None) -> list[Result]:
         """Classify images; one :class:`Result` per input, in order (see :meth:`aigi.client.Detector.detect`)."""
-        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-            images = [images]  # type: ignore[list-item]
         info = await self.get_info()
         local_spec = info.preprocessing if self.preprocess == "client" else None
-        max_pixels = info.preprocessing.max_pixels if info.preprocessing else DEFAULT_MAX_PIXELS
-        # decoding and preprocessing are CPU work; keep them off the event loop
-        items = await asyncio.to_thread(
-            lambda: [prepare(image, index, local_spec, max_pixels) for index, image in enumerate(images)]
-        )
-        results: list[Result | None] = [
-            Result(source=item.source, error=item.error) if item.error else None for item in items
-        ]
-        ready = [item for item in items if item.error is None]
-        chunks = [ready[i : i + info.max_batch_size] for i in range(0, len(ready), info.max_batch_size)]
-        answered = await asyncio.gather(*(self._run_chunk(chunk) for chunk in chunks))
-        for chunk, chunk_results in zip(chunks, answered, strict=True):
-            for item, result in zip(chunk, chunk_results, strict=True):
-                results[item.index] = result
-        final = [result for result in results if result is not None]
+        limits = info.preprocessing or PreprocessSpec()
+        final: list[Result] = []
+        local_failures: set[str] = set()
+        for window in windows(as_iterable(images), info.max_batch_size * self.max_in_flight):
+            # decoding and preprocessing are CPU work; keep them off the event loop
+            items = await asyncio.to_thread(
+                lambda window=window: [prepare(image, index, local_spec, limits) for index, image in window]
+            )
+            local_failures.update(item.source for item in items if item.error)
+            chunks = split_chunks(items, info.max_batch_size)
+            answered = await asyncio.gather(*(self._run_chunk(chunk) for chunk in chunks))
+            final.extend(assemble(items, chunks, list(answered)))
         failures = [result for result in final if result.error]
         self.stats.images += len(final)
         self.stats.image_errors += len(failures)
         if failures and (self.raise_errors if raise_errors is None else raise_errors):
-            raise first_error(failures, items)
+            raise first_error(failures, local_failures)
         return final
 
     async def _run_chunk(self, chunk: list[Prepared]) -> list[Result]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,36 +44,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    parser.add_argument("--retries", type=int, default=4, help="re-sends when no server answers (default 4)")
+    parser.add_argument(
+        "--retries", type=int, default=8, help="re-sends when no server answers (default 8: rides out a restart)"
+    )
     parser.add_argument("--max-in-flight", type=int, default=4, help="requests outstanding at once (default 4)")
     parser.set_defaults(handler=run_predict)
 
 
-def collect_images(paths: list[Path]) -> list[Path]:
-    """Files named on the command line (whatever their suffix) plus image files found under folders, sorted.
+def iter_images(paths: list[Path]) -> Iterator[Path]:
+    """Files named on the command line (whatever their suffix), then image files under folders, lazily.
 
-    A path that does not exist is kept, so it is reported as a failed image rather than dropped.
+    Folders are walked one directory at a time, in sorted order, so a folder of millions of images starts
+    printing at once and costs the memory of one directory listing. Links to folders are not followed
+    (a link loop would never end). A path that does not exist is kept, so it is reported as a failed image.
     """
-    found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
-    return found
+        if not path.is_dir():
+            yield path
+            continue
+        for folder, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield Path(folder) / name
 
 
-def _groups(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def collect_images(paths: list[Path]) -> list[Path]:
+    """All of :func:`iter_images` as a list."""
+    return list(iter_images(paths))
 
 
-def _progress(total: int) -> Any:
+def _groups(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    group: list[Path] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _progress() -> Any:
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is not part of the slim client install
         return None
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=total < 2 or not sys.stderr.isatty())
+    # no total: folders are walked while images are sent
+    return tqdm(unit="img", file=sys.stderr, disable=not sys.stderr.isatty())
 
 
 def format_row(result: Any) -> str:
@@ -87,10 +106,6 @@ def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``aigi predict``."""
     from aigi.client.detector import Detector
 
-    images = collect_images(args.paths)
-    if not images:
-        print("aigi predict: no image files found under " + " ".join(map(str, args.paths)), file=sys.stderr)
-        return 1
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     counts = {"images": 0, "fake": 0, "real": 0, "failed": 0}
     with Detector(
@@ -105,9 +120,9 @@ def run_predict(args: argparse.Namespace) -> int:
         info = detector.info  # fails fast, before any output, when the server is not there
         if not args.json:
             print(f"{'p_fake':>7}  {'verdict':<7}  {'label':<12}  image (threshold {info.threshold:g})")
-        bar = _progress(len(images))
+        bar = _progress()
         group_size = info.max_batch_size * detector.max_in_flight * 2
-        for group in _groups(images, group_size):
+        for group in _groups(iter_images(args.paths), group_size):
             for result in detector.detect(group):
                 counts["images"] += 1
                 counts["failed" if result.error else "fake" if result.is_fake else "real"] += 1
@@ -116,6 +131,9 @@ def run_predict(args: argparse.Namespace) -> int:
                 bar.update(len(group))
         if bar is not None:
             bar.close()
+    if not counts["images"]:
+        print("aigi predict: no image files found under " + " ".join(map(str, args.paths)), file=sys.stderr)
+        return 1
     summary = f"{counts['images']} images: {counts['fake']} fake, {counts['real']} real, {counts['failed']} failed"
     print(summary, file=sys.stderr)
     return 1 if counts["failed"] else 0

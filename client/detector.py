@@ -22,18 +22,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from aigi.client import protocol as wire
-from aigi.client.images import Prepared, prepare
+from aigi.client.images import Prepared, prepare, windows
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
 from aigi.errors import ClientError, InvalidImageError, ModelNotReadyError, RequestRejectedError
-from aigi.preprocessing import DEFAULT_MAX_PIXELS, ImageInput
+from aigi.preprocessing import ImageInput, PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class DetectorSettings:
         model: str = "aigi",
         preprocess: str = "server",
         timeout: float = 30.0,
-        retries: int = 4,
+        retries: int = 8,
         backoff: float = 0.2,
         max_in_flight: int = 4,
         raise_errors: bool = False,
@@ -101,7 +105,9 @@ class Detector(DetectorSettings):
         preprocess: ``server`` sends encoded image bytes to the ensemble; ``client`` preprocesses
             locally with :func:`aigi.preprocessing.preprocess` and sends ``pixel_values`` to the network model.
         timeout: seconds one request (or metadata call) may take before it counts as unanswered.
-        retries: how many times a request is re-sent after no server answered.
+        retries: how many times a request is re-sent after no server answered (refused, reset, unavailable).
+            The default 8 with ``backoff`` 0.2 keeps trying for about 10-20 s, long enough to ride out a
+            server restart; a request that timed out is never re-sent (the server is slow, not down).
         backoff: first retry delay in seconds; it doubles per retry (with jitter), up to 5 s.
         max_in_flight: requests outstanding at once.
         raise_errors: default of ``detect(raise_errors=...)``.
@@ -147,12 +153,8 @@ class Detector(DetectorSettings):
             except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
                 kind = wire.classify(exc)
                 last = exc
-                if kind == wire.REJECTED:
-                    raise wire.rejected_error(self._target, exc) from exc
-                if kind == wire.NOT_READY and what == "metadata":
-                    raise ModelNotReadyError(
-                        f"model {self.model!r} is not available at {self.url}: {wire.describe(exc)}"
-                    ) from exc
+                if (error := wire.final_error(kind, what, exc, self, self._target)) is not None:
+                    raise error from exc
                 logger.debug("%s: no answer from %s (%s); attempt %d", what, self.url, wire.describe(exc), attempt)
                 if attempt < self.retries:
                     with self._lock:
@@ -215,44 +217,43 @@ class Detector(DetectorSettings):
 
     # -- detection -------------------------------------------------------------------------------
 
-    def detect(self, images: Sequence[ImageInput], raise_errors: bool | None = None) -> list[Result]:
+    def detect(self, images: Iterable[ImageInput] | ImageInput, raise_errors: bool | None = None) -> list[Result]:
         """Classify images; one :class:`Result` per input, in order.
 
+        Images are read and sent a window at a time (``max_batch_size * max_in_flight`` images), so a long
+        list of paths, or a generator over a folder, costs the memory of one window.
+
         Args:
-            images: paths, encoded bytes, PIL images or uint8 arrays (mixed is fine).
+            images: paths, encoded bytes, PIL images or uint8 arrays (mixed is fine), or one of them.
             raise_errors: raise on the first per-image failure (after trying all images) instead of
                 returning it in ``Result.error``; defaults to the detector's ``raise_errors``.
 
         Raises:
             ServerUnreachableError: no server answered (after retries).
+            RequestTimeoutError: the server did not answer a request within ``timeout`` (not retried).
             ModelNotReadyError: the model is not loaded.
             InvalidImageError, RequestRejectedError: only with ``raise_errors``.
         """
-        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-            images = [images]  # type: ignore[list-item]
         info = self.info
         local_spec = info.preprocessing if self.preprocess == "client" else None
-        max_pixels = info.preprocessing.max_pixels if info.preprocessing else DEFAULT_MAX_PIXELS
-        items = [prepare(image, index, local_spec, max_pixels) for index, image in enumerate(images)]
-        results: list[Result | None] = [
-            Result(source=item.source, error=item.error) if item.error else None for item in items
-        ]
-        ready = [item for item in items if item.error is None]
-        chunks = [ready[i : i + info.max_batch_size] for i in range(0, len(ready), info.max_batch_size)]
-        if len(chunks) <= 1 or self.max_in_flight == 1:
-            answered = [self._run_chunk(chunk) for chunk in chunks]
-        else:
-            answered = list(self._executor().map(self._run_chunk, chunks))
-        for chunk, chunk_results in zip(chunks, answered, strict=True):
-            for item, result in zip(chunk, chunk_results, strict=True):
-                results[item.index] = result
-        final = [result for result in results if result is not None]
+        limits = info.preprocessing or PreprocessSpec()
+        final: list[Result] = []
+        local_failures: set[str] = set()
+        for window in windows(as_iterable(images), info.max_batch_size * self.max_in_flight):
+            items = [prepare(image, index, local_spec, limits) for index, image in window]
+            local_failures.update(item.source for item in items if item.error)
+            chunks = split_chunks(items, info.max_batch_size)
+            if len(chunks) <= 1 or self.max_in_flight == 1:
+                answered = [self._run_chunk(chunk) for chunk in chunks]
+            else:
+                answered = list(self._executor().map(self._run_chunk, chunks))
+            final.extend(assemble(items, chunks, answered))
         failures = [result for result in final if result.error]
         with self._lock:
             self.stats.images += len(final)
             self.stats.image_errors += len(failures)
         if failures and (self.raise_errors if raise_errors is None else raise_errors):
-            raise first_error(failures, items)
+            raise first_error(failures, local_failures)
         return final
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -318,9 +319,31 @@ def newest_version(versions: list[str]) -> str:
     return max((str(v) for v in versions), key=lambda v: (len(v), v), default="")
 
 
-def first_error(failures: list[Result], items: list[Prepared]) -> Exception:
+def as_iterable(images: Iterable[ImageInput] | ImageInput) -> Iterable[ImageInput]:
+    """The images of a ``detect`` call: one image (a path, bytes, an array, a PIL image) becomes a list of one."""
+    single = (str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image)
+    if isinstance(images, single) or not isinstance(images, Iterable):
+        return [images]  # type: ignore[list-item]
+    return images
+
+
+def split_chunks(items: list[Prepared], size: int) -> list[list[Prepared]]:
+    """The images that are ready to send, in requests of at most ``size``."""
+    ready = [item for item in items if item.error is None]
+    return [ready[start : start + size] for start in range(0, len(ready), size)]
+
+
+def assemble(items: list[Prepared], chunks: list[list[Prepared]], answered: list[list[Result]]) -> list[Result]:
+    """One result per item, in the items' order: local failures as they are, the rest from the answers."""
+    by_index = {item.index: Result(source=item.source, error=item.error) for item in items if item.error}
+    for chunk, results in zip(chunks, answered, strict=True):
+        for item, result in zip(chunk, results, strict=True):
+            by_index[item.index] = result
+    return [by_index[item.index] for item in items]
+
+
+def first_error(failures: list[Result], local_failures: set[str]) -> Exception:
     """The exception ``raise_errors`` raises: local decode failures are invalid images, the rest were rejected."""
-    local = {item.source for item in items if item.error}
     first = failures[0]
     message = f"{first.source}: {first.error}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
-    return InvalidImageError(message) if first.source in local else RequestRejectedError(message)
+    return InvalidImageError(message) if first.source in local_failures else RequestRejectedError(message)

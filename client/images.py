@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from aigi.errors import InvalidImageError
-from aigi.preprocessing import ImageInput, PreprocessSpec, decode_image, preprocess
+from aigi.preprocessing import ImageInput, PreprocessSpec, decode_image, preprocess, read_image_bytes
 
 
 @dataclass
@@ -33,32 +34,55 @@ def source_name(image: ImageInput, index: int) -> str:
     return f"<{kind} #{index}>"
 
 
-def encode_for_server(image: ImageInput, max_pixels: int) -> bytes:
-    """Encoded bytes for server-side preprocessing.
+def encode_for_server(image: ImageInput, limits: PreprocessSpec) -> bytes:
+    """Encoded bytes for server-side preprocessing, within the server's per-image byte limit.
 
-    Files and bytes go as they are, so the server decodes exactly what the user has. PIL images and
-    arrays are decoded by :func:`aigi.preprocessing.decode_image` (EXIF orientation, mode) and sent as
-    lossless PNG, so both preprocessing paths see the same pixels.
+    Files and bytes go as they are, so the server decodes exactly what the user has (a file over the limit is
+    refused from its size, before it is read). PIL images and arrays are decoded by
+    :func:`aigi.preprocessing.decode_image` (EXIF orientation, mode) and sent as lossless PNG, so both
+    preprocessing paths see the same pixels.
+
+    Raises:
+        InvalidImageError: unreadable, over ``limits.max_bytes`` or ``limits.max_pixels``, or an unsupported type.
     """
     if isinstance(image, (str, Path)):
-        try:
-            return Path(image).read_bytes()
-        except OSError as exc:
-            raise InvalidImageError(f"{image}: cannot read ({exc.strerror or exc})") from exc
+        return read_image_bytes(image, limits.max_bytes)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    if isinstance(image, (Image.Image, np.ndarray)):
+        data = bytes(image)
+    elif isinstance(image, (Image.Image, np.ndarray)):
         buffer = io.BytesIO()
-        Image.fromarray(decode_image(image, max_pixels)).save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
-    raise InvalidImageError(f"unsupported image input of type {type(image).__name__}")
+        Image.fromarray(decode_image(image, limits.max_pixels)).save(buffer, format="PNG", compress_level=1)
+        data = buffer.getvalue()
+    else:
+        raise InvalidImageError(f"unsupported image input of type {type(image).__name__}")
+    if len(data) > limits.max_bytes:
+        raise InvalidImageError(f"image is {len(data):,} bytes, over the limit of {limits.max_bytes:,} bytes per image")
+    return data
 
 
-def prepare(image: ImageInput, index: int, local_spec: PreprocessSpec | None, max_pixels: int) -> Prepared:
-    """Payload for one image: ``pixel_values`` when ``local_spec`` is given (client preprocessing), else bytes."""
+def prepare(image: ImageInput, index: int, local_spec: PreprocessSpec | None, limits: PreprocessSpec) -> Prepared:
+    """Payload for one image: ``pixel_values`` when ``local_spec`` is given (client preprocessing), else bytes.
+
+    Never raises: whatever goes wrong with this one image (undecodable, too large, out of memory, an input
+    type we do not handle) becomes its ``error``, so it cannot fail the other images of the call.
+    """
     item = Prepared(index=index, source=source_name(image, index))
     try:
-        item.payload = preprocess(image, local_spec) if local_spec else encode_for_server(image, max_pixels)
+        item.payload = preprocess(image, local_spec) if local_spec else encode_for_server(image, limits)
     except InvalidImageError as exc:
         item.error = f"invalid image: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one image's failure (MemoryError included) is that image's result
+        item.error = f"cannot prepare image: {type(exc).__name__}: {exc}"
     return item
+
+
+def windows(images: Iterable[ImageInput], size: int) -> Iterator[list[tuple[int, ImageInput]]]:
+    """``(index, image)`` pairs in lists of at most ``size``, read lazily: a call holds one window's payloads."""
+    window: list[tuple[int, ImageInput]] = []
+    for pair in enumerate(images):
+        window.append(pair)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
