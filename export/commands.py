@@ -23,6 +23,8 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export`` and ``repo check`` to the ``aigi`` parser."""
+    from aigi.export.triton_config import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS  # light: no protobuf
+
     export = subparsers.add_parser(
         "export",
         help="export a checkpoint to ONNX / TensorRT and write a Triton model repository",
@@ -51,6 +53,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--all-variants", action="store_true", help="build and check FP16 and INT8 even if not served")
     export.add_argument("--no-timing", action="store_true", help="skip timing ONNX Runtime's optimization levels")
     export.add_argument("--intra-op-threads", type=int, default=0, help="aigi_cpu: ONNX Runtime threads (0: default)")
+    export.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_SIZE,
+        help="requests allowed to wait in the queue of P_preprocess and of the network model; one more is refused "
+        f"at once with 'Exceeds maximum queue size' (0: no limit; default {DEFAULT_MAX_QUEUE_SIZE})",
+    )
+    export.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=DEFAULT_QUEUE_TIMEOUT_MS,
+        help="longest wait in one of those queues before the request is refused; a request passes two, so keep "
+        "twice this under the client's timeout (30 s by default); a request may ask for less, never more "
+        f"(0: wait forever; default {DEFAULT_QUEUE_TIMEOUT_MS})",
+    )
     export.add_argument(
         "--python-env",
         type=_key_value,
@@ -93,6 +110,8 @@ def _export(args: argparse.Namespace) -> int:
         time_optimizations=not args.no_timing,
         python_env=dict(args.python_env) or None,
         intra_op_threads=args.intra_op_threads,
+        max_queue_size=args.max_queue_size,
+        queue_timeout_ms=args.queue_timeout_ms,
     )
     report = run_export(options)
     print(f"wrote {args.repo} ({report.backend}, {report.precision}); report: {args.repo}/{args.name}_EXPORT.md")
@@ -116,7 +135,7 @@ def _repo_check(args: argparse.Namespace) -> int:
 
 def _repo_manifest(args: argparse.Namespace) -> int:
     from aigi.errors import RepositoryError
-    from aigi.export.manifest import read_manifest, write_manifest
+    from aigi.manifest import read_manifest, write_manifest
 
     if not args.dir.is_dir():
         raise RepositoryError(f"{args.dir}: no such repository folder")

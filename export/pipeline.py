@@ -25,7 +25,9 @@ from aigi.errors import AigiError, ExportError, ParityError, TensorRTUnavailable
 from aigi.export import parity
 from aigi.export.repo_check import CheckReport
 from aigi.export.repo_writer import (
+    DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_PRECISION,
+    DEFAULT_QUEUE_TIMEOUT_MS,
     NetworkArtifacts,
     RepositorySpec,
     install,
@@ -60,6 +62,8 @@ class ExportOptions:
     time_optimizations: bool = True
     python_env: dict[str, str] | None = None
     intra_op_threads: int = 0
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
 
     @property
     def resolved_precision(self) -> str:
@@ -164,7 +168,16 @@ def run_export(options: ExportOptions, echo: Callable[[str], None] = print, show
     if not 1 <= opt_batch <= options.max_batch:
         raise ExportError(f"--opt-batch {opt_batch} must lie in 1..--max-batch ({options.max_batch})")
     # validates backend, precision, name and batch before any heavy work
-    RepositorySpec(options.name, options.backend, precision, meta, options.max_batch, NetworkArtifacts({}))
+    RepositorySpec(
+        options.name,
+        options.backend,
+        precision,
+        meta,
+        options.max_batch,
+        NetworkArtifacts({}),
+        max_queue_size=options.max_queue_size,
+        queue_timeout_ms=options.queue_timeout_ms,
+    )
     repo = Path(options.repo)
     report = ExportReport(
         str(options.checkpoint), str(repo), options.name, options.backend, precision, options.max_batch
@@ -291,6 +304,8 @@ def run_export(options: ExportOptions, echo: Callable[[str], None] = print, show
                 python_env=options.python_env,
                 intra_op_threads=options.intra_op_threads,
                 cpu_parameters=cpu_parameters,
+                max_queue_size=options.max_queue_size,
+                queue_timeout_ms=options.queue_timeout_ms,
             )
             staged = staging / "repo"
             staged.mkdir()
@@ -325,7 +340,7 @@ def run_export(options: ExportOptions, echo: Callable[[str], None] = print, show
 
 def _check_staged(staged: Path, check_repository) -> CheckReport:
     """Check the staged models (with a throwaway manifest) before they replace anything."""
-    from aigi.export.manifest import MANIFEST_FILENAME, write_manifest
+    from aigi.manifest import MANIFEST_FILENAME, write_manifest
 
     write_manifest(staged, {})
     try:
@@ -335,7 +350,7 @@ def _check_staged(staged: Path, check_repository) -> CheckReport:
 
 
 def _write_manifest(repo: Path, options: ExportOptions, spec: RepositorySpec) -> None:
-    from aigi.export.manifest import write_manifest
+    from aigi.manifest import write_manifest
 
     write_manifest(
         repo,

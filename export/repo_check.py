@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from aigi.errors import RepositoryError
-from aigi.export.manifest import CONFIG_FILENAME, verify_manifest
 from aigi.export.triton_config import TensorSpec, TritonModelConfig, config_from_proto, parse_config
+from aigi.manifest import CONFIG_FILENAME, verify_manifest
 
 logger = logging.getLogger(__name__)
 

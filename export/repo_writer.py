@@ -14,7 +14,9 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +27,13 @@ from aigi.checkpoint import CheckpointMeta
 from aigi.errors import ExportError
 from aigi.export.onnx_export import INPUT_NAME
 from aigi.export.triton_config import (
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_QUEUE_TIMEOUT_MS,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
     ModelWarmup,
+    QueuePolicy,
     TensorSpec,
     TritonModelConfig,
     WarmupInput,
@@ -44,8 +49,18 @@ DEFAULT_PRECISION = {"cpu": "fp32", "onnx": "fp32", "trt": "fp16"}
 LABELS_FILENAME = "labels.txt"
 QUEUE_DELAY_US = 2000
 PYTHON_MODEL_SOURCES = {"preprocess": "preprocess.py", "cpu": "onnx_cpu.py"}
-# aigi_preprocess carries the few core modules it imports, for servers where aigi is not installed
+# aigi_preprocess carries the few core modules it imports, and runs them rather than an installed aigi
 VENDORED_CORE = ("__init__.py", "errors.py", "preprocessing.py")
+# Beside every Python source in a model folder, a *file* named __pycache__: Python can then neither write nor read
+# bytecode caches there (it skips them silently), so serving leaves the sealed folder as MANIFEST.json describes it
+# and a planted .pyc cannot take the place of the source without replacing this sealed file. An environment
+# variable cannot do this: Triton's Python backend stub runs an isolated interpreter that ignores
+# PYTHONDONTWRITEBYTECODE.
+PYCACHE_BLOCKER = "__pycache__"
+PYCACHE_BLOCKER_TEXT = (
+    "Written by aigi export: a file, not a folder, so Python neither writes nor reads bytecode caches here.\n"
+    "The sources beside it are sealed in MANIFEST.json; keep this file.\n"
+)
 
 
 def model_names(prefix: str) -> dict[str, str]:
@@ -97,6 +112,8 @@ class RepositorySpec:
     python_env: dict[str, str] | None = None
     intra_op_threads: int = 0
     cpu_parameters: dict[str, str] = field(default_factory=dict)
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -108,6 +125,10 @@ class RepositorySpec:
             )
         if self.max_batch < 1:
             raise ExportError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.max_queue_size < 0:
+            raise ExportError(f"--max-queue-size must be 0 (no limit) or more, got {self.max_queue_size}")
+        if self.queue_timeout_ms < 0:
+            raise ExportError(f"--queue-timeout-ms must be 0 (no timeout) or more, got {self.queue_timeout_ms}")
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
             raise ExportError(f"--name must be letters, digits, '_' or '-', got {self.prefix!r}")
 
@@ -126,8 +147,97 @@ def _pixel_dims(meta: CheckpointMeta) -> tuple[int, int, int]:
     return (3, meta.preprocessing.size, meta.preprocessing.size)
 
 
-def _batching(max_batch: int) -> DynamicBatching:
-    return DynamicBatching(QUEUE_DELAY_US, preferred_batch_sizes(max_batch))
+def _batching(spec: RepositorySpec) -> DynamicBatching:
+    policy = QueuePolicy(
+        timeout_action="REJECT",
+        default_timeout_microseconds=spec.queue_timeout_ms * 1000,
+        allow_timeout_override=True,
+        max_queue_size=spec.max_queue_size,
+    )
+    return DynamicBatching(QUEUE_DELAY_US, preferred_batch_sizes(spec.max_batch), policy)
+
+
+# What of aigi.json the ensemble's ``aigi_json`` parameter carries. Anyone who reaches the server can read a
+# model's config, so it holds what a client needs to interpret the scores and nothing about the machine or the
+# folders a model was trained on: an allow-list per section, then every string that looks like a local path
+# (or names this host) is replaced by PATH_REMOVED.
+PUBLIC_META_KEYS = (
+    "format_version",
+    "task",
+    "labels",
+    "preprocessing",
+    "threshold",
+    "calibration",
+    "metrics",
+    "architecture",
+    "training",
+)
+PUBLIC_TRAINING_KEYS = (
+    "completed",
+    "epochs",
+    "epochs_completed",
+    "best_epoch",
+    "images",
+    "parameters",
+    "trainable_parameters",
+)
+PUBLIC_DATASET_KEYS = ("layout", "num_samples", "class_names", "counts")
+PATH_REMOVED = "<local>"
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _looks_local(text: str) -> bool:
+    """Whether ``text`` looks like a filesystem path or names this machine."""
+    host = socket.gethostname().split(".")[0]
+    return (
+        text.startswith(("/", "~", "./", "../", "file:"))
+        or "\\" in text
+        or bool(_DRIVE.match(text))
+        or text.count("/") >= 2
+        or (len(host) >= 3 and re.search(rf"(?<![\w-]){re.escape(host)}(?![\w-])", text, re.IGNORECASE) is not None)
+    )
+
+
+def _scrub(value):
+    if isinstance(value, str):
+        return PATH_REMOVED if _looks_local(value) else value
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items() if not (isinstance(key, str) and _looks_local(key))}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def public_meta(meta: dict) -> dict:
+    """The part of an ``aigi.json`` dict fit to serve (see ``PUBLIC_META_KEYS``).
+
+    Kept: labels, task, threshold and calibration, preprocessing, metrics, the architecture (its ``source`` only
+    when it is a preset name or a Hugging Face id, never a local folder), and a training summary without data
+    folders, file lists, hyperparameters (they name folders) or devices. Every remaining string that looks like a
+    local path or names this host becomes ``PATH_REMOVED``. The result still parses with
+    :meth:`CheckpointMeta.from_dict`.
+    """
+    from aigi.training.presets import get_preset
+
+    public = {key: meta[key] for key in PUBLIC_META_KEYS if key in meta}
+    if isinstance(public.get("architecture"), dict):
+        architecture = dict(public["architecture"])
+        source = str(architecture.get("source", ""))
+        if get_preset(source) is None and (not _HF_ID.match(source) or Path(source).exists()):
+            architecture["source"] = PATH_REMOVED
+        public["architecture"] = architecture
+    if isinstance(public.get("training"), dict):
+        training = {key: public["training"][key] for key in PUBLIC_TRAINING_KEYS if key in public["training"]}
+        dataset = public["training"].get("dataset")
+        if isinstance(dataset, dict):
+            training["dataset"] = {key: dataset[key] for key in PUBLIC_DATASET_KEYS if key in dataset}
+        public["training"] = training
+    labels = public.pop("labels", None)  # validated class names, served in labels.txt anyway
+    public = _scrub(public)
+    if labels is not None:
+        public["labels"] = labels
+    return {key: public[key] for key in PUBLIC_META_KEYS if key in public}
 
 
 def ensemble_config(spec: RepositorySpec) -> TritonModelConfig:
@@ -151,7 +261,7 @@ def ensemble_config(spec: RepositorySpec) -> TritonModelConfig:
             "labels": json.dumps(meta.labels),
             "network_model": spec.network_name,
             "preprocessing": json.dumps(meta.preprocessing.to_dict()),
-            "aigi_json": json.dumps(meta.to_dict(), separators=(",", ":")),
+            "aigi_json": json.dumps(public_meta(meta.to_dict()), separators=(",", ":")),
         },
     )
 
@@ -164,7 +274,7 @@ def preprocess_config(spec: RepositorySpec) -> TritonModelConfig:
         max_batch_size=spec.max_batch,
         inputs=[TensorSpec("image", "TYPE_STRING", (1,))],
         outputs=[TensorSpec(INPUT_NAME, "TYPE_FP32", _pixel_dims(spec.meta))],
-        dynamic_batching=_batching(spec.max_batch),
+        dynamic_batching=_batching(spec),
         instance_groups=[InstanceGroup("KIND_CPU", 1)],
         parameters={"preprocessing": json.dumps(spec.meta.preprocessing.to_dict()), **(spec.python_env or {})},
     )
@@ -182,7 +292,7 @@ def network_config(spec: RepositorySpec) -> TritonModelConfig:
             TensorSpec("probs", "TYPE_FP32", (classes,), label_filename=LABELS_FILENAME),
             TensorSpec("p_fake", "TYPE_FP32", (1,)),
         ],
-        dynamic_batching=_batching(spec.max_batch),
+        dynamic_batching=_batching(spec),
         warmups=[ModelWarmup("random_batch_1", 1, {INPUT_NAME: WarmupInput("TYPE_FP32", _pixel_dims(spec.meta))})],
         parameters={"precision": spec.precision},
     )
@@ -223,6 +333,8 @@ def _write_model(root: Path, config: TritonModelConfig, files: dict[str, Path], 
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target) if source.suffix in (".py", ".sh") else shutil.move(str(source), target)
+    for folder in sorted({(directory / relative).parent for relative in files if relative.endswith(".py")}):
+        (folder / PYCACHE_BLOCKER).write_text(PYCACHE_BLOCKER_TEXT)
     return directory
 
 

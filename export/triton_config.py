@@ -34,6 +34,7 @@ DATA_TYPES = (
     "TYPE_BF16",
 )
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")
+TIMEOUT_ACTIONS = ("REJECT", "DELAY")
 
 
 @dataclass
@@ -51,12 +52,56 @@ class TensorSpec:
         self.dims = tuple(int(d) for d in self.dims)
 
 
+# aigi's queue policy for the models with a dynamic batcher (P_preprocess and the network; an ensemble has no queue of
+# its own). Without one a flood queues without bound: latency grows for everyone and nothing is ever refused.
+# * 64 waiting requests per model: with the default --max-batch 32 and one instance that is two full batches
+#   behind the one running; more waiting only adds latency and memory (each queued request holds its image
+#   bytes, and in the network's queue 3x224x224 FP32 pixels, 0.6 MB per image), so the 65th is refused at once
+#   ("Exceeds maximum queue size", gRPC UNAVAILABLE) and its client can back off or go elsewhere.
+# * 10 s in one queue, then REJECT: a request passes two queues (preprocess, network), so at most ~20 s of
+#   queueing plus the work stays inside the client's default 30 s timeout. The server answers "timed out" before
+#   the client gives up, instead of computing answers nobody is waiting for. A request may ask for a shorter
+#   timeout (allow_timeout_override), never a longer one.
+DEFAULT_MAX_QUEUE_SIZE = 64
+DEFAULT_QUEUE_TIMEOUT_MS = 10_000
+
+
+@dataclass
+class QueuePolicy:
+    """Triton's ``ModelQueuePolicy``: how long a request may wait in a model's queue and how many may wait.
+
+    Attributes:
+        timeout_action: ``REJECT`` (answer the request with an error) or ``DELAY`` (keep it, behind the others)
+            once it has waited ``default_timeout_microseconds``.
+        default_timeout_microseconds: the longest wait in the queue before ``timeout_action``; 0 waits forever.
+        allow_timeout_override: a request may ask for a *shorter* timeout of its own (never a longer one).
+        max_queue_size: requests (not images) allowed to wait; one more is refused at once with "Exceeds maximum
+            queue size"; 0 means no limit.
+    """
+
+    timeout_action: str = "REJECT"
+    default_timeout_microseconds: int = 0
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.timeout_action not in TIMEOUT_ACTIONS:
+            raise ValueError(f"unknown timeout action {self.timeout_action!r}")
+        if self.default_timeout_microseconds < 0 or self.max_queue_size < 0:
+            raise ValueError("queue timeout and max queue size must not be negative")
+        self.default_timeout_microseconds = int(self.default_timeout_microseconds)
+        self.max_queue_size = int(self.max_queue_size)
+        self.allow_timeout_override = bool(self.allow_timeout_override)
+
+
 @dataclass
 class DynamicBatching:
-    """Triton's dynamic batcher: a short queue delay lets concurrent requests merge."""
+    """Triton's dynamic batcher: a short queue delay lets concurrent requests merge; ``default_queue_policy``
+    bounds the queue (``None`` leaves Triton's default: unbounded, no timeout)."""
 
     max_queue_delay_microseconds: int = 2000
     preferred_batch_size: tuple[int, ...] = ()
+    default_queue_policy: QueuePolicy | None = None
 
     def __post_init__(self) -> None:
         self.preferred_batch_size = tuple(int(b) for b in self.preferred_batch_size)
@@ -223,6 +268,19 @@ def _config_message(config: TritonModelConfig) -> Message:
         if config.dynamic_batching.preferred_batch_size:
             batching.append(("preferred_batch_size", list(config.dynamic_batching.preferred_batch_size)))
         batching.append(("max_queue_delay_microseconds", config.dynamic_batching.max_queue_delay_microseconds))
+        policy = config.dynamic_batching.default_queue_policy
+        if policy is not None:
+            batching.append(
+                (
+                    "default_queue_policy",
+                    [
+                        ("timeout_action", _Enum(policy.timeout_action)),
+                        ("default_timeout_microseconds", policy.default_timeout_microseconds),
+                        ("allow_timeout_override", policy.allow_timeout_override),
+                        ("max_queue_size", policy.max_queue_size),
+                    ],
+                )
+            )
         message.append(("dynamic_batching", batching))
     if config.instance_groups:
         groups = _Repeated()
@@ -299,9 +357,19 @@ def config_from_proto(proto: Any) -> TritonModelConfig:
 
     batching = None
     if proto.HasField("dynamic_batching"):
+        policy = None
+        if proto.dynamic_batching.HasField("default_queue_policy"):
+            queue = proto.dynamic_batching.default_queue_policy
+            policy = QueuePolicy(
+                timeout_action=pb.ModelQueuePolicy.TimeoutAction.Name(queue.timeout_action),
+                default_timeout_microseconds=queue.default_timeout_microseconds,
+                allow_timeout_override=queue.allow_timeout_override,
+                max_queue_size=queue.max_queue_size,
+            )
         batching = DynamicBatching(
             max_queue_delay_microseconds=proto.dynamic_batching.max_queue_delay_microseconds,
             preferred_batch_size=tuple(proto.dynamic_batching.preferred_batch_size),
+            default_queue_policy=policy,
         )
     groups = [
         InstanceGroup(kind=pb.ModelInstanceGroup.Kind.Name(g.kind), count=g.count, gpus=tuple(g.gpus))

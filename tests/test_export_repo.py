@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,9 @@ from _export_helpers import LABELS, make_image_folder, make_tiny_checkpoint  # n
 from aigi.cli import main  # noqa: E402
 from aigi.errors import ExportError  # noqa: E402
 from aigi.export import parity, repo_writer  # noqa: E402
-from aigi.export.manifest import read_manifest, verify_manifest  # noqa: E402
 from aigi.export.repo_check import check_repository  # noqa: E402
 from aigi.export.tensorrt_build import TRITON_IMAGE, tensorrt_missing  # noqa: E402
+from aigi.manifest import read_manifest, verify_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +190,7 @@ def test_export_trt_exits_3_and_leaves_build_script_when_tensorrt_missing(checkp
     assert problems == ["aigi_trt/1/model.plan: missing (tensorrt_plan artifact)"]
     # what build_engine.sh adds later is sealed into the manifest by `aigi repo manifest`
     (version / "model.plan").write_bytes(b"engine bytes")
-    assert "aigi_trt/1/model.plan: not listed in MANIFEST.json" in check_repository(repo).problems
+    assert "aigi_trt/1/model.plan: not listed in MANIFEST.json (unexpected file)" in check_repository(repo).problems
     assert main(["repo", "manifest", str(repo)]) == 0
     assert check_repository(repo).ok
 
@@ -242,3 +245,165 @@ def test_default_parity_dir_uses_training_data_when_it_still_exists(checkpoint, 
     assert default_parity_dir(meta) == images
     meta.training = {"data": str(tmp_path / "gone")}
     assert default_parity_dir(meta) is None
+
+
+# ----------------------------------------------------------------------------- manifest covers bytecode (finding 11)
+
+
+def test_export_blocks_bytecode_caches_when_model_folder_holds_python(cpu_repo, tmp_path):
+    blockers = ["aigi_cpu/1/__pycache__", "aigi_preprocess/1/__pycache__", "aigi_preprocess/1/aigi/__pycache__"]
+    listed = read_manifest(cpu_repo)["files"]
+    assert sorted(name for name in listed if name.endswith("__pycache__")) == blockers
+    for relative in blockers:
+        assert (cpu_repo / relative).is_file()  # a file, not a folder: Python can neither write nor read caches
+    copy = Path(shutil.copytree(cpu_repo, tmp_path / "repo"))
+    folder = copy / "aigi_preprocess" / "1"
+    code = "import sys; sys.dont_write_bytecode = False; import aigi.preprocessing as p; print(p.__file__)"
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert result.stdout.strip() == str(folder / "aigi" / "preprocessing.py")  # the sealed copy was imported
+    assert verify_manifest(copy)[0] == []  # and left no bytecode behind
+
+
+def test_repo_check_reports_planted_bytecode_when_pycache_is_added(cpu_copy, capsys):
+    # Python would run a matching __pycache__/*.pyc instead of model.py or the sealed aigi/preprocessing.py
+    planted = [
+        "aigi_preprocess/1/__pycache__/model.cpython-311.pyc",
+        "aigi_preprocess/1/aigi/__pycache__/preprocessing.cpython-311.pyc",
+        "aigi_cpu/1/stray.pyc",
+    ]
+    for relative in planted:
+        folder = (cpu_copy / relative).parent
+        if folder.is_file():  # the sealed blocker has to go first
+            folder.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        (cpu_copy / relative).write_bytes(b"\xa7\r\r\n planted bytecode")
+    problems, _ = verify_manifest(cpu_copy)
+    assert sorted(str(p) for p in problems) == sorted(
+        [f"{relative}: not listed in MANIFEST.json (unexpected file)" for relative in planted]
+        + [
+            "aigi_preprocess/1/__pycache__: listed in MANIFEST.json but missing",
+            "aigi_preprocess/1/aigi/__pycache__: listed in MANIFEST.json but missing",
+        ]
+    )
+    assert main(["repo", "check", str(cpu_copy)]) == 1
+    err = capsys.readouterr().err
+    assert "aigi_preprocess/1/__pycache__/model.cpython-311.pyc: not listed in MANIFEST.json" in err
+
+
+def test_manifest_seals_every_file_of_model_folders_when_written(cpu_copy):
+    blocker = cpu_copy / "aigi_preprocess" / "1" / "__pycache__"
+    blocker.unlink()
+    blocker.mkdir()
+    pyc = blocker / "model.cpython-311.pyc"
+    pyc.write_bytes(b"bytecode present when sealed")
+    assert main(["repo", "manifest", str(cpu_copy)]) == 0
+    assert "aigi_preprocess/1/__pycache__/model.cpython-311.pyc" in read_manifest(cpu_copy)["files"]
+    assert verify_manifest(cpu_copy)[0] == []
+    pyc.write_bytes(b"bytecode swapped after sealing")
+    assert [str(p) for p in verify_manifest(cpu_copy)[0]] == [
+        "aigi_preprocess/1/__pycache__/model.cpython-311.pyc: size 30 differs from MANIFEST.json (28)"
+    ]
+
+
+def test_repo_check_reports_linked_folder_when_model_folder_links_elsewhere(cpu_copy, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "preprocessing.py").write_text("raise SystemExit('not the sealed copy')\n")
+    (cpu_copy / "aigi_preprocess" / "1" / "extra").symlink_to(elsewhere, target_is_directory=True)
+    problems = [str(p) for p in verify_manifest(cpu_copy)[0]]
+    assert problems == ["aigi_preprocess/1/extra: link to a folder; MANIFEST.json cannot cover it"]
+
+
+# ----------------------------------------------------------------------------- queue policy (finding 4)
+
+
+def test_export_writes_queue_policy_when_model_has_dynamic_batcher(cpu_repo):
+    from aigi.export.triton_config import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS, parse_config
+
+    for name in ("aigi_preprocess", "aigi_cpu"):
+        text = (cpu_repo / name / "config.pbtxt").read_text()
+        assert "default_queue_policy {" in text and "timeout_action: REJECT" in text, name
+        policy = parse_config(text).dynamic_batching.default_queue_policy
+        assert policy.max_queue_size == DEFAULT_MAX_QUEUE_SIZE == 64
+        assert policy.default_timeout_microseconds == DEFAULT_QUEUE_TIMEOUT_MS * 1000 == 10_000_000
+        assert policy.allow_timeout_override is True
+    ensemble = parse_config((cpu_repo / "aigi" / "config.pbtxt").read_text())
+    assert not ensemble.HasField("dynamic_batching")  # an ensemble has no scheduler queue
+
+
+def test_export_rejects_negative_queue_settings_when_given(checkpoint, tmp_path, capsys):
+    assert _export(checkpoint, tmp_path / "repo", "--backend", "cpu", "--max-queue-size", "-1") == 2
+    assert "--max-queue-size must be 0 (no limit) or more" in capsys.readouterr().err
+    assert _export(checkpoint, tmp_path / "repo", "--backend", "cpu", "--queue-timeout-ms", "-5") == 2
+    assert "--queue-timeout-ms must be 0 (no timeout) or more" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- no local paths served (finding 11)
+
+
+def test_export_serves_no_local_path_when_checkpoint_records_training_folders(tmp_path, images):
+    import socket
+
+    from aigi.checkpoint import load_meta, save_meta
+
+    run = make_tiny_checkpoint(tmp_path / "secret-run-folder" / "run")
+    data = Path(shutil.copytree(images, tmp_path / "secret-training-data")).resolve()
+    meta = load_meta(run)
+    meta.architecture.source = str(tmp_path / "local-clip-weights")
+    meta.training = {
+        "data": str(data),
+        "dataset": {"layout": "folders", "root": str(data), "num_samples": 5, "class_names": ["gan", "real"]},
+        "skipped": [[str(data / "real" / "broken0.png"), "not a decodable image"]],
+        "hyperparameters": {"data": str(data), "out": str(run), "model": "tiny", "lr": 1e-3},
+        "device": f"cuda:0@{socket.gethostname()}",
+        "epochs": 1,
+        "epochs_completed": 1,
+        "images": {"train": 4, "val": 1},
+    }
+    meta.calibration = {"method": "fpr", "target_fpr": 0.05, "val_data": str(data)}
+    meta.metrics = {"val_accuracy": 0.5, "report": str(run / "eval" / "report.json")}
+    save_meta(run, meta)
+    repo = tmp_path / "served" / "repo"
+    assert _export(run, repo, "--backend", "cpu") == 0  # parity data defaults to training.data: it is used
+
+    configs = {p.relative_to(repo).as_posix(): p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
+    assert set(configs) == {"aigi/config.pbtxt", "aigi_cpu/config.pbtxt", "aigi_preprocess/config.pbtxt"}
+    parts = {part for part in data.parts if part != "/"}  # tmp, pytest-of-USER, pytest-N, the test's folder...
+    parts |= {"secret-run-folder", "local-clip-weights", socket.gethostname()}
+    for name, text in configs.items():
+        assert "/" not in text and "\\\\" not in text, name  # no path of any kind
+        for part in sorted(parts):
+            assert part not in text, f"{name} contains {part!r}"
+    from aigi.checkpoint import CheckpointMeta
+    from aigi.export.triton_config import parse_config
+
+    served = json.loads(parse_config(configs["aigi/config.pbtxt"]).parameters["aigi_json"].string_value)
+    public = CheckpointMeta.from_dict(served)  # still a valid aigi.json
+    assert public.labels == LABELS and public.threshold == pytest.approx(0.4)
+    assert served["architecture"]["source"] == repo_writer.PATH_REMOVED
+    assert served["training"] == {
+        "dataset": {"layout": "folders", "num_samples": 5, "class_names": ["gan", "real"]},
+        "epochs": 1,
+        "epochs_completed": 1,
+        "images": {"train": 4, "val": 1},
+    }
+    assert served["calibration"] == {"method": "fpr", "target_fpr": 0.05, "val_data": repo_writer.PATH_REMOVED}
+    assert served["metrics"] == {"val_accuracy": 0.5, "report": repo_writer.PATH_REMOVED}
+
+
+def test_public_meta_keeps_preset_and_hub_sources_when_not_local():
+    meta = {"labels": ["real", "gan"], "architecture": {"source": "tiny", "vision_config": {"hidden_act": "gelu"}}}
+    assert repo_writer.public_meta(meta)["architecture"]["source"] == "tiny"
+    meta["architecture"]["source"] = "openai/clip-vit-base-patch32"
+    assert repo_writer.public_meta(meta)["architecture"]["source"] == "openai/clip-vit-base-patch32"
+    for local in ("/data/models/clip", "~/clip", "./clip", "C:\\models\\clip", "runs/2024/clip", "my-clip"):
+        meta["architecture"]["source"] = local
+        assert repo_writer.public_meta(meta)["architecture"]["source"] == repo_writer.PATH_REMOVED, local
+    assert repo_writer.public_meta({"hostinfo": "x", "task": "/abs"}) == {"task": repo_writer.PATH_REMOVED}

@@ -11,6 +11,7 @@ from aigi.errors import ExportError, RepositoryError  # noqa: E402
 from aigi.export.repo_writer import NetworkArtifacts, RepositorySpec, build_configs  # noqa: E402
 from aigi.export.triton_config import (  # noqa: E402
     DynamicBatching,
+    QueuePolicy,
     TensorSpec,
     TritonModelConfig,
     config_from_proto,
@@ -96,3 +97,44 @@ def test_preferred_batch_sizes_stay_within_max_when_small():
     assert preferred_batch_sizes(32) == (16, 32)
     assert preferred_batch_sizes(1) == (1,)
     assert DynamicBatching(preferred_batch_size=[2]).preferred_batch_size == (2,)
+
+
+def test_configs_bound_the_queue_when_model_has_a_dynamic_batcher():
+    ensemble, preprocess, network = build_configs(_spec("cpu", "fp32", max_queue_size=3, queue_timeout_ms=250))
+    assert ensemble.dynamic_batching is None  # ensembles have no scheduler queue
+    for config in (preprocess, network):
+        text = render_config(config)
+        assert (
+            "  default_queue_policy {\n"
+            "    timeout_action: REJECT\n"
+            "    default_timeout_microseconds: 250000\n"
+            "    allow_timeout_override: true\n"
+            "    max_queue_size: 3\n"
+            "  }\n"
+        ) in text
+        proto = parse_config(text)
+        policy = proto.dynamic_batching.default_queue_policy
+        assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (
+            3,
+            250_000,
+            True,
+        )
+        assert config_from_proto(proto).dynamic_batching.default_queue_policy == QueuePolicy("REJECT", 250_000, True, 3)
+
+
+def test_dynamic_batching_renders_no_queue_policy_when_none_is_set():
+    config = TritonModelConfig(
+        "m", 4, [TensorSpec("x", "TYPE_FP32", (2,))], [], backend="python", dynamic_batching=DynamicBatching(100, (4,))
+    )
+    text = render_config(config)
+    assert "default_queue_policy" not in text
+    assert config_from_proto(parse_config(text)).dynamic_batching == DynamicBatching(100, (4,))
+
+
+def test_queue_policy_rejects_bad_values_when_built():
+    with pytest.raises(ValueError, match="timeout action"):
+        QueuePolicy("DROP")
+    with pytest.raises(ValueError, match="must not be negative"):
+        QueuePolicy(max_queue_size=-1)
+    with pytest.raises(ExportError, match="--max-queue-size"):
+        _spec("cpu", "fp32", max_queue_size=-1)

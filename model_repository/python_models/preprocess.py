@@ -1,8 +1,10 @@
 """Triton Python-backend model ``aigi_preprocess``: encoded image bytes -> normalized ``pixel_values``.
 
-``aigi export`` copies this file to ``<repo>/aigi_preprocess/1/model.py``. The config's
-``preprocessing`` parameter (JSON of :class:`aigi.preprocessing.PreprocessSpec`) says how; the work
-is done by :func:`aigi.preprocessing.preprocess`, the same function training and the client call.
+``aigi export`` copies this file to ``<repo>/aigi_preprocess/1/model.py``, with the core modules it needs
+(``aigi/{__init__,errors,preprocessing}.py``) beside it; those sealed copies are what runs (see
+:func:`_import_aigi`). The config's ``preprocessing`` parameter (JSON of
+:class:`aigi.preprocessing.PreprocessSpec`) says how; the work is done by :func:`aigi.preprocessing.preprocess`,
+the same function training and the client call.
 
 A request whose images cannot all be decoded gets an error response of its own; the other
 requests that Triton's dynamic batcher merged into the same ``execute`` call still succeed.
@@ -10,6 +12,7 @@ requests that Triton's dynamic batcher merged into the same ``execute`` call sti
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -18,17 +21,39 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _import_aigi():
-    """``aigi.preprocessing`` and ``aigi.errors``, from the environment or a copy vendored next to this file."""
-    try:
+def _import_aigi(model_dir: str):
+    """``(aigi.preprocessing, aigi.errors, where)``: the copy sealed in ``model_dir`` first, else the installed one.
+
+    ``aigi export`` copies ``aigi/{__init__,errors,preprocessing}.py`` next to this file and hashes them into
+    ``MANIFEST.json``, so the preprocessing that runs is the one that was checked with the network, whatever
+    aigi (if any) the serving environment has. Only a repository without that copy falls back to the installed
+    package (``where`` says which ran; :meth:`TritonPythonModel.initialize` logs it).
+    """
+    model_dir = os.path.realpath(model_dir)
+    sealed = os.path.join(model_dir, "aigi")
+    if not os.path.isfile(os.path.join(sealed, "preprocessing.py")):
         import aigi.errors as errors
         import aigi.preprocessing as preprocessing
-    except ImportError:
-        # a stock Triton container has no aigi; a repository may carry aigi/{__init__,errors,preprocessing}.py here
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import aigi.errors as errors
-        import aigi.preprocessing as preprocessing
-    return preprocessing, errors
+
+        return (
+            preprocessing,
+            errors,
+            f"installed package {os.path.dirname(preprocessing.__file__)} (no copy in {sealed})",
+        )
+    # an aigi imported from elsewhere (nothing in the stub should have) would shadow the sealed copy
+    for name in [name for name in sys.modules if name == "aigi" or name.startswith("aigi.")]:
+        del sys.modules[name]
+    if model_dir in sys.path:
+        sys.path.remove(model_dir)
+    sys.path.insert(0, model_dir)
+    importlib.invalidate_caches()
+    import aigi.errors as errors
+    import aigi.preprocessing as preprocessing
+
+    loaded = os.path.realpath(preprocessing.__file__)
+    if os.path.dirname(loaded) != sealed:
+        raise ImportError(f"aigi.preprocessing came from {loaded}, not from the copy sealed in {sealed}")
+    return preprocessing, errors, f"sealed copy {loaded}"
 
 
 class TritonPythonModel:
@@ -36,8 +61,10 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         """Read the ``preprocessing`` parameter from the model config."""
-        self._pre, self._errors = _import_aigi()
         self.model_name = args["model_name"]
+        self._pre, self._errors, where = _import_aigi(os.path.dirname(os.path.abspath(__file__)))
+        log = pb_utils.Logger.log_info if where.startswith("sealed") else pb_utils.Logger.log_warn
+        log(f"{self.model_name}: aigi preprocessing from the {where}")
         parameters = json.loads(args["model_config"]).get("parameters", {})
         if "preprocessing" not in parameters:
             raise pb_utils.TritonModelException(f"{self.model_name}: config has no 'preprocessing' parameter")

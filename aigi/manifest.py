@@ -1,8 +1,15 @@
 """``MANIFEST.json``: sha256 and size of every file in a model repository, so tampering or a stale copy shows.
 
-Covered: every file under the repository root except ``MANIFEST.json`` itself, a top-level ``README.md``,
-hidden files, Python bytecode caches (the Python backend writes them at load time), and folders that are not
-models (no ``config.pbtxt``), such as the ``python_models`` sources that live in the default repository folder.
+Covered: every top-level file except ``MANIFEST.json`` itself, a top-level ``README.md`` and hidden files, and
+*every* file under each model folder (a folder with a ``config.pbtxt``), hidden files and Python bytecode
+included: a planted ``__pycache__/model.cpython-311.pyc`` is what Python would run instead of ``model.py``, so
+it must show as a file the manifest does not list. (``aigi export`` puts a *file* named ``__pycache__`` beside
+each Python source, so the server cannot write caches there: Triton's Python backend stub runs an isolated
+interpreter that ignores ``PYTHONDONTWRITEBYTECODE``.) Folders that are not models (no ``config.pbtxt``), such as
+the ``python_models`` sources that live in the default repository folder, are not covered.
+
+Core (standard library plus :mod:`aigi.checkpoint`): ``aigi serve`` verifies a repository with it before starting
+a server, without importing the export stage.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,24 +44,31 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _ignored(relative: Path) -> bool:
-    return "__pycache__" in relative.parts or relative.suffix == ".pyc"
+def _model_folders(repo: Path) -> list[Path]:
+    return [entry for entry in sorted(repo.iterdir()) if entry.is_dir() and (entry / CONFIG_FILENAME).is_file()]
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(files, links to folders)`` under ``folder``; linked folders are reported, not followed."""
+    files: list[Path] = []
+    linked: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        here = Path(root)
+        linked.extend(here / name for name in dirs if (here / name).is_symlink())
+        files.extend(here / name for name in names if (here / name).is_file())
+    return sorted(files), sorted(linked)
 
 
 def covered_files(repo: str | Path) -> list[Path]:
-    """Files the manifest covers, relative to ``repo``, sorted."""
+    """Files the manifest covers, relative to ``repo``, sorted: see the module docstring."""
     repo = Path(repo)
     files: list[Path] = []
     for entry in sorted(repo.iterdir()):
         if entry.is_file() and entry.name not in UNCOVERED_TOP_LEVEL and not entry.name.startswith("."):
             files.append(entry.relative_to(repo))
-        elif entry.is_dir() and (entry / CONFIG_FILENAME).is_file():
-            files.extend(
-                p.relative_to(repo)
-                for p in sorted(entry.rglob("*"))
-                if p.is_file() and not _ignored(p.relative_to(repo))
-            )
-    return files
+    for folder in _model_folders(repo):
+        files.extend(path.relative_to(repo) for path in _walk(folder)[0])
+    return sorted(files)
 
 
 def write_manifest(repo: str | Path, exports: dict[str, Any]) -> Path:
@@ -113,8 +128,10 @@ def verify_manifest(repo: str | Path) -> tuple[list[ManifestProblem], int]:
     """Compare the files with ``MANIFEST.json``.
 
     Returns:
-        ``(problems, files_verified)``: missing manifest, missing files, size or sha256 mismatches, files the
-        manifest does not list.
+        ``(problems, files_verified)``: missing manifest, missing files, size or sha256 mismatches, and
+        unexpected files: any file in a model folder (``__pycache__`` and ``.pyc`` included) or at the top level
+        that the manifest does not list, and links to folders inside a model folder (their contents cannot be
+        sealed).
     """
     repo = Path(repo)
     manifest = read_manifest(repo)
@@ -140,5 +157,10 @@ def verify_manifest(repo: str | Path) -> tuple[list[ManifestProblem], int]:
             verified += 1
     for relative in covered_files(repo):
         if relative.as_posix() not in listed:
-            problems.append(ManifestProblem(relative.as_posix(), "not listed in MANIFEST.json"))
+            problems.append(ManifestProblem(relative.as_posix(), "not listed in MANIFEST.json (unexpected file)"))
+    for folder in _model_folders(repo):
+        for link in _walk(folder)[1]:
+            problems.append(
+                ManifestProblem(link.relative_to(repo).as_posix(), "link to a folder; MANIFEST.json cannot cover it")
+            )
     return problems, verified
