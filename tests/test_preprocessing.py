@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from aigi.errors import InvalidImageError
-from aigi.preprocessing import PreprocessSpec, center_origin, decode_image, preprocess, preprocess_batch
+from aigi.preprocessing import (
+    DEFAULT_MAX_BYTES,
+    PreprocessSpec,
+    center_origin,
+    decode_image,
+    preprocess,
+    preprocess_batch,
+)
 
 SPEC = PreprocessSpec(size=32, grid=8)
 
@@ -162,3 +169,13 @@ def test_preprocess_spec_round_trips_when_serialized() -> None:
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError):
         PreprocessSpec(resize="stretch")
+
+
+def test_preprocess_spec_defaults_max_bytes_when_checkpoint_predates_it() -> None:
+    old = PreprocessSpec(size=64).to_dict()
+    del old["max_bytes"]
+    spec = PreprocessSpec.from_dict(old)
+    assert spec.max_bytes == DEFAULT_MAX_BYTES == 32 * 1024 * 1024
+    assert PreprocessSpec.from_dict(PreprocessSpec(max_bytes=1000).to_dict()).max_bytes == 1000
+    with pytest.raises(ValueError, match="max_bytes"):
+        PreprocessSpec(max_bytes=0)

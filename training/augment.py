@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from aigi.preprocessing import PreprocessSpec, fit_to_size
+from aigi.preprocessing import PreprocessSpec, fit_and_crop, fitted_size
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,9 @@ def augment(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator, c
     Feed the result to :func:`aigi.preprocessing.preprocess` (it is already the crop, so the center
     origin is ``(0, 0)``).
     """
-    fitted = fit_to_size(image, spec)
-    top, left = random_origin(fitted.shape[0], fitted.shape[1], spec, rng)
-    crop = fitted[top : top + spec.size, left : left + spec.size]
+    # the crop is decided in fitted coordinates, then only it is resampled: a thin image costs no more than a square one
+    origin = random_origin(*fitted_size(image.shape[0], image.shape[1], spec), spec, rng)
+    crop = fit_and_crop(image, spec, origin)
     if config.flip and rng.random() < 0.5:
         crop = crop[:, ::-1]
     crop = np.ascontiguousarray(crop)
