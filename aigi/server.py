@@ -271,9 +271,6 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
         # the backend stub embeds the python3 first on PATH; that is how models find numpy and aigi
         env["PATH"] = os.pathsep.join(p for p in (str(self.env / "bin"), env.get("PATH", "")) if p)
-        # a Python model must run the source sealed in the repository's MANIFEST.json, and must not
-        # write bytecode next to it (the manifest would then see unexpected files)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.pop("PYTHONPATH", None)
         env.pop("PYTHONHOME", None)
         return env

@@ -130,6 +130,7 @@ def test_serve_command_prints_endpoints_and_stops_cleanly_when_sent_sigterm(serv
     ports = [free_port() for _ in range(3)]
     command = [sys.executable, "-m", "aigi.cli", "serve", "--repo", str(serve_repo)]
     command += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    command += ["--health-port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     try:
         lines = []

@@ -79,10 +79,12 @@ class TritonPythonModel:
         try:
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pixel_values", self._pixels(request))])
         except self._errors.InvalidImageError as exc:
-            message = f"invalid image: {exc}"
+            # the caller's input: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT), so it is never retried as a fault
+            error = pb_utils.TritonError(f"invalid image: {exc}", pb_utils.TritonError.INVALID_ARG)
         except Exception as exc:  # noqa: BLE001 - whatever happened belongs to this request only
-            message = f"preprocessing failed: {exc.__class__.__name__}: {exc}"
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+            # our own bug: INTERNAL (HTTP 500), and the message says so
+            error = pb_utils.TritonError(f"preprocessing failed: {exc.__class__.__name__}: {exc}")
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
     def _pixels(self, request) -> np.ndarray:
         images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()  # object [B, 1] of bytes
