@@ -370,6 +370,7 @@ class TritonServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         if self.shm_prefix and not self.running:
+            self._reap_stubs()
             # a graceful stop removes these; a killed server leaves them behind (the prefix is ours alone)
             for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
                 region.unlink(missing_ok=True)
@@ -405,21 +406,35 @@ class TritonServer:
         return self._proc.poll() if self._proc else None
 
     def stub_pids(self, model: str | None = None) -> list[int]:
-        """Process ids of this server's Python-backend stubs (of ``model`` only, when given); Linux only."""
-        if self.pid is None:
+        """Process ids of this server's Python-backend stubs (of ``model`` only, when given); Linux only.
+
+        Stubs are found by this server's shared-memory prefix on their command line, so they are found even
+        after the server died and they were re-parented.
+        """
+        if not self.shm_prefix:
             return []
         found = []
-        for status in Path("/proc").glob("[0-9]*/status"):
+        for cmdline_file in Path("/proc").glob("[0-9]*/cmdline"):
             try:
-                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-                cmdline = (status.parent / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError):
+                cmdline = cmdline_file.read_bytes().split(b"\0")
+            except OSError:
                 continue  # the process ended while we looked
-            if fields.get("PPid", "").strip() != str(self.pid) or not cmdline[0].endswith(b"python_backend_stub"):
+            prefix = self.shm_prefix.encode()
+            if not cmdline[0].endswith(b"python_backend_stub") or not any(prefix in part for part in cmdline):
                 continue
             if model is None or any(f"/{model}/".encode() in part for part in cmdline):
-                found.append(int(status.parent.name))
+                found.append(int(cmdline_file.parent.name))
         return sorted(found)
+
+    def _reap_stubs(self) -> None:
+        """SIGKILL stubs that outlived the server: a hung stub survives a graceful stop, and no stub notices a
+        SIGKILLed parent; each keeps its model's memory until killed."""
+        for pid in self.stub_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                logger.debug("killed stub %d left behind by the server", pid)
+            except ProcessLookupError:
+                pass
 
     @property
     def admin_headers(self) -> dict[str, str]:

@@ -361,3 +361,19 @@ def test_invalid_image_answers_http_400_and_grpc_invalid_argument_when_bytes_are
     with pytest.raises(InferenceServerException) as raised:
         grpcclient.InferenceServerClient(triton_server.endpoints["grpc"]).infer("aigi", [tensor])
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("ending", ["kill", "stop"])
+def test_server_leaves_no_stub_process_when_it_is_killed_or_stopped(serve_repo: Path, ending: str) -> None:
+    server = TritonServer(serve_repo, exit_timeout_s=2)
+    with server:
+        stubs = server.stub_pids()
+        assert len(stubs) == 2  # aigi_preprocess and aigi_cpu
+        if ending == "stop":
+            os.kill(server.stub_pids("aigi_preprocess")[0], signal.SIGSTOP)  # a hung stub outlives a graceful stop
+        getattr(server, ending)()
+    assert server.stub_pids() == []
+    deadline = time.monotonic() + 5  # killed orphans are reaped by init, not by us
+    while any(Path(f"/proc/{pid}").exists() for pid in stubs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in stubs if Path(f"/proc/{pid}").exists()] == []
