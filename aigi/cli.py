@@ -54,12 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a stage whose commands module is not built yet
-            logger.debug("commands of %s unavailable: %s", module_name, exc)
-            continue
-        module.register(subparsers)
+        # every commands module imports only light things, so a failure here is a bug to show, not a stage to hide
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -12,6 +12,10 @@ class AigiError(Exception):
     exit_code: int = 2
 
 
+class SettingsError(AigiError, ValueError):
+    """An option or setting outside its choices or range (a ``ValueError`` too, so callers may catch either)."""
+
+
 class InvalidImageError(AigiError, ValueError):
     """Bytes or a file that cannot be decoded as a supported image (corrupt, truncated, oversized, not an image)."""
 

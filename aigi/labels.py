@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aigi.errors import DatasetError
+from aigi.errors import DatasetError, SettingsError
 
 REAL = "real"
 FAKE = "fake"
@@ -38,7 +38,7 @@ def labels_for_task(class_names: Sequence[str], task: str) -> list[str]:
     ``binary`` gives ``["real", "fake"]``; ``source`` gives ``["real", <generators sorted>]``.
     """
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise SettingsError(f"task must be one of {TASKS}, got {task!r}")
     names = sorted(set(class_names))
     if REAL not in names:
         raise DatasetError(f"no '{REAL}' class among {names}: the detector needs real images")

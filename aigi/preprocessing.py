@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from aigi.errors import InvalidImageError
+from aigi.errors import InvalidImageError, SettingsError
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -82,11 +82,11 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
-            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+            raise SettingsError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.size < 1 or self.grid < 1:
-            raise ValueError("size and grid must be positive")
+            raise SettingsError("size and grid must be positive")
         if self.max_pixels < 1 or self.max_bytes < 1:
-            raise ValueError("max_pixels and max_bytes must be positive")
+            raise SettingsError("max_pixels and max_bytes must be positive")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 

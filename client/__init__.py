@@ -1,8 +1,8 @@
 """The slim Triton client of aigi: numpy, Pillow and tritonclient, never torch.
 
 ``Detector(url).detect(images)`` returns one :class:`Result` per image; ``AsyncDetector`` is its
-asyncio twin. Errors come from :mod:`aigi.errors` (``ServerUnreachableError``,
-``ModelNotReadyError``, ``InvalidImageError``, ``RequestRejectedError``).
+asyncio twin. Errors come from :mod:`aigi.errors` (``ServerUnreachableError``, ``RequestTimeoutError``,
+``ModelNotReadyError``, ``InvalidImageError``, ``RequestRejectedError``, ``SettingsError``).
 """
 
 from aigi.client.async_detector import AsyncDetector
@@ -14,7 +14,9 @@ from aigi.errors import (
     InvalidImageError,
     ModelNotReadyError,
     RequestRejectedError,
+    RequestTimeoutError,
     ServerUnreachableError,
+    SettingsError,
 )
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "ModelInfo",
     "ModelNotReadyError",
     "RequestRejectedError",
+    "RequestTimeoutError",
     "Result",
     "ServerUnreachableError",
+    "SettingsError",
 ]

@@ -22,77 +22,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from aigi.client import protocol as wire
+from aigi.client.core import (
+    DetectorSettings,
+    DetectorStats,
+    as_iterable,
+    assemble,
+    client_side_info,
+    finish,
+    network_model_of,
+    newest_version,
+    rejected_result,
+    split_chunks,
+)
 from aigi.client.images import Prepared, prepare, windows
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
-from aigi.errors import ClientError, InvalidImageError, ModelNotReadyError, RequestRejectedError
+from aigi.client.retry import Attempts
+from aigi.errors import ModelNotReadyError, RequestRejectedError
 from aigi.preprocessing import ImageInput, PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class DetectorStats:
-    """Counters over the detector's life (updated under a lock; read them any time).
-
-    Attributes:
-        requests: inference requests sent, retries included.
-        retries: calls (inference or metadata) sent again after no server answered.
-        rejected: requests the server refused or failed.
-        split: rejected multi-image requests re-sent one image at a time.
-        images: images passed to ``detect``.
-        image_errors: images that got a ``Result`` with ``error`` set.
-    """
-
-    requests: int = 0
-    retries: int = 0
-    rejected: int = 0
-    split: int = 0
-    images: int = 0
-    image_errors: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        """JSON-ready form."""
-        return asdict(self)
-
-
-class DetectorSettings:
-    """The settings :class:`Detector` and :class:`aigi.client.AsyncDetector` share, checked once."""
-
-    def __init__(
-        self,
-        url: str = "127.0.0.1:8001",
-        protocol: str = "grpc",
-        model: str = "aigi",
-        preprocess: str = "server",
-        timeout: float = 30.0,
-        retries: int = 8,
-        backoff: float = 0.2,
-        max_in_flight: int = 4,
-        raise_errors: bool = False,
-    ) -> None:
-        self.url = wire.normalize_url(url)
-        self.protocol = wire.check_choice("protocol", protocol, wire.PROTOCOLS)
-        self.model = model
-        self.preprocess = wire.check_choice("preprocess", preprocess, wire.PREPROCESS_MODES)
-        self.timeout = float(timeout)
-        self.retries = max(0, int(retries))
-        self.backoff = float(backoff)
-        self.max_in_flight = max(1, int(max_in_flight))
-        self.raise_errors = raise_errors
-        self.stats = DetectorStats()
-        self._target = model
+__all__ = ["Detector", "DetectorSettings", "DetectorStats"]
 
 
 class Detector(DetectorSettings):
@@ -113,8 +70,8 @@ class Detector(DetectorSettings):
         raise_errors: default of ``detect(raise_errors=...)``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._module = wire.client_module(self.protocol)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -141,29 +98,16 @@ class Detector(DetectorSettings):
                 self._clients.append(client)
         return client
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` with retries on unanswered calls; not-ready and rejections are raised as they come."""
-        last: BaseException | None = None
-        kind = wire.RETRY
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(wire.backoff_delay(attempt - 1, self.backoff))
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn``, sleeping and retrying as :class:`aigi.client.retry.Attempts` decides."""
+        attempts = Attempts(self, what, self._target, on_retry=lambda: self.count(retries=1))
+        for delay in attempts:
+            time.sleep(delay)
             try:
                 return fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - classify() re-raises what it does not know
-                kind = wire.classify(exc)
-                last = exc
-                if (error := wire.final_error(kind, what, exc, self, self._target)) is not None:
-                    raise error from exc
-                logger.debug("%s: no answer from %s (%s); attempt %d", what, self.url, wire.describe(exc), attempt)
-                if attempt < self.retries:
-                    with self._lock:
-                        self.stats.retries += 1
-        assert last is not None
-        raise wire.exhausted_error(kind, self.url, self._target, self.retries + 1, last) from last
-
-    def _timeout_kwargs(self) -> dict[str, Any]:
-        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+            except Exception as exc:  # noqa: BLE001 - Attempts.failed re-raises what is not a server condition
+                attempts.failed(exc)
+        raise attempts.exhausted()
 
     @property
     def info(self) -> ModelInfo:
@@ -174,39 +118,19 @@ class Detector(DetectorSettings):
             ModelNotReadyError: the server does not serve ``model`` (or its network model), or not yet.
         """
         if self._info is None:
-            self._info = self._load_info()
+            client = self._client()
+            config, version = self._read_config(client, self.model)
+            info = ModelInfo.from_config(self.model, config, version=version)
+            if self.preprocess == "client":
+                info = client_side_info(info, *self._read_config(client, network_model_of(info)))
+                self._target = info.name
+            logger.debug("model info: %s", info)
+            self._info = info
         return self._info
-
-    def _load_info(self) -> ModelInfo:
-        client = self._client()
-        info = self._read_model(client, self.model)
-        if self.preprocess == "client":
-            if not info.network_model or info.preprocessing is None:
-                raise ClientError(
-                    f"model {self.model!r} names no 'network_model' and 'preprocessing' in its config parameters; "
-                    "use preprocess='server'"
-                )
-            network_config, network_version = self._read_config(client, info.network_model)
-            self._target = info.network_model
-            info = ModelInfo(
-                name=info.network_model,
-                labels=info.labels,
-                threshold=info.threshold,
-                max_batch_size=min(info.max_batch_size, ModelInfo.batch_limit(network_config)),
-                network_model=info.network_model,
-                preprocessing=info.preprocessing,
-                version=network_version,
-            )
-        logger.debug("model info: %s", info)
-        return info
-
-    def _read_model(self, client: Any, name: str) -> ModelInfo:
-        config, version = self._read_config(client, name)
-        return ModelInfo.from_config(name, config, version=version)
 
     def _read_config(self, client: Any, name: str) -> tuple[dict[str, Any], str]:
         """A ready model's config (as JSON) and newest version."""
-        kwargs = self._timeout_kwargs()
+        kwargs = self.timeout_kwargs()
         if not self._call("metadata", client.is_model_ready, name, **kwargs):
             raise ModelNotReadyError(f"model {name!r} is not ready at {self.url}")
         if self.protocol == "grpc":
@@ -239,7 +163,7 @@ class Detector(DetectorSettings):
         limits = info.preprocessing or PreprocessSpec()
         final: list[Result] = []
         local_failures: set[str] = set()
-        for window in windows(as_iterable(images), info.max_batch_size * self.max_in_flight):
+        for window in windows(as_iterable(images), self.window(info)):
             items = [prepare(image, index, local_spec, limits) for index, image in window]
             local_failures.update(item.source for item in items if item.error)
             chunks = split_chunks(items, info.max_batch_size)
@@ -248,12 +172,7 @@ class Detector(DetectorSettings):
             else:
                 answered = list(self._executor().map(self._run_chunk, chunks))
             final.extend(assemble(items, chunks, answered))
-        failures = [result for result in final if result.error]
-        with self._lock:
-            self.stats.images += len(final)
-            self.stats.image_errors += len(failures)
-        if failures and (self.raise_errors if raise_errors is None else raise_errors):
-            raise first_error(failures, local_failures)
+        finish(self, final, local_failures, raise_errors)
         return final
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -267,11 +186,9 @@ class Detector(DetectorSettings):
         try:
             return self._infer(chunk)
         except RequestRejectedError as exc:
-            with self._lock:
-                self.stats.rejected += 1
-                self.stats.split += len(chunk) > 1
+            self.count(rejected=1, split=int(len(chunk) > 1))
             if len(chunk) == 1:
-                return [Result(source=chunk[0].source, model=self._target, error=str(exc))]
+                return [rejected_result(chunk[0], self._target, exc)]
             logger.debug("request of %d images rejected (%s); retrying one by one", len(chunk), exc)
             return [result for item in chunk for result in self._run_chunk([item])]
 
@@ -282,9 +199,8 @@ class Detector(DetectorSettings):
         )
 
         def send() -> Any:
-            with self._lock:
-                self.stats.requests += 1
-            return client.infer(self._target, inputs, outputs=outputs, **self._timeout_kwargs())
+            self.count(requests=1)
+            return client.infer(self._target, inputs, outputs=outputs, **self.timeout_kwargs())
 
         answer = self._call("infer", send)
         return wire.parse_results(answer, self.info, self._target, [item.source for item in chunk])
@@ -312,38 +228,3 @@ class Detector(DetectorSettings):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def newest_version(versions: list[str]) -> str:
-    """The highest of Triton's version strings (numbers, compared as numbers)."""
-    return max((str(v) for v in versions), key=lambda v: (len(v), v), default="")
-
-
-def as_iterable(images: Iterable[ImageInput] | ImageInput) -> Iterable[ImageInput]:
-    """The images of a ``detect`` call: one image (a path, bytes, an array, a PIL image) becomes a list of one."""
-    single = (str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image)
-    if isinstance(images, single) or not isinstance(images, Iterable):
-        return [images]  # type: ignore[list-item]
-    return images
-
-
-def split_chunks(items: list[Prepared], size: int) -> list[list[Prepared]]:
-    """The images that are ready to send, in requests of at most ``size``."""
-    ready = [item for item in items if item.error is None]
-    return [ready[start : start + size] for start in range(0, len(ready), size)]
-
-
-def assemble(items: list[Prepared], chunks: list[list[Prepared]], answered: list[list[Result]]) -> list[Result]:
-    """One result per item, in the items' order: local failures as they are, the rest from the answers."""
-    by_index = {item.index: Result(source=item.source, error=item.error) for item in items if item.error}
-    for chunk, results in zip(chunks, answered, strict=True):
-        for item, result in zip(chunk, results, strict=True):
-            by_index[item.index] = result
-    return [by_index[item.index] for item in items]
-
-
-def first_error(failures: list[Result], local_failures: set[str]) -> Exception:
-    """The exception ``raise_errors`` raises: local decode failures are invalid images, the rest were rejected."""
-    first = failures[0]
-    message = f"{first.source}: {first.error}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
-    return InvalidImageError(message) if first.source in local_failures else RequestRejectedError(message)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,12 +36,14 @@ def test_triton_server_reports_ready_models_and_endpoints_when_started_on_export
     assert triton_server.running
 
 
-@pytest.mark.triton
-def test_preprocess_model_fails_only_the_bad_request_when_requests_share_a_batch(triton_server, sample_images) -> None:
-    grpcclient, client = _grpc(triton_server)
+def _preprocess_counts(client) -> tuple[int, int]:
+    stats = client.get_inference_statistics("aigi_preprocess", as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def _send_together(grpcclient, client, payloads: dict[str, bytes]) -> dict[str, object]:
     outcomes: dict[str, object] = {}
     done = threading.Event()
-    payloads = {"good1": sample_images[0], "bad": b"definitely not an image", "good2": sample_images[1]}
 
     def callback(tag: str):
         def record(result, error) -> None:
@@ -55,6 +58,21 @@ def test_preprocess_model_fails_only_the_bad_request_when_requests_share_a_batch
         tensor.set_data_from_numpy(np.array([[payload]], dtype=object))
         client.async_infer("aigi_preprocess", [tensor], callback(tag))
     assert done.wait(60)
+    return outcomes
+
+
+@pytest.mark.triton
+def test_preprocess_model_fails_only_the_bad_request_when_requests_share_a_batch(triton_server, sample_images) -> None:
+    grpcclient, client = _grpc(triton_server)
+    payloads = {"good1": sample_images[0], "bad": b"definitely not an image", "good2": sample_images[1]}
+    for _ in range(10):  # the batcher merges requests that arrive within its 2 ms window; try until it did
+        before = _preprocess_counts(client)
+        outcomes = _send_together(grpcclient, client, payloads)
+        after = _preprocess_counts(client)
+        inferences, executions = after[0] - before[0], after[1] - before[1]
+        if executions < inferences:
+            break
+    assert executions < inferences, "the three requests were never executed together"
     assert "invalid image" in outcomes["bad"].message()
     for tag in ("good1", "good2"):
         assert outcomes[tag].shape == (1, 3, 224, 224)
@@ -151,6 +169,42 @@ def test_serve_command_prints_endpoints_and_stops_cleanly_when_sent_sigterm(serv
     assert process.returncode == 0, stderr
     assert "tritonserver stopped (exit code 0)" in stderr
     with pytest.raises(OSError):  # nothing listens on the gRPC port any more
-        import socket
-
         socket.create_connection(("127.0.0.1", ports[1]), timeout=1).close()
+
+
+@pytest.mark.triton
+def test_restart_serves_again_on_the_same_ports_when_the_server_was_running(serve_repo) -> None:
+    from aigi.health import canary
+
+    with TritonServer(serve_repo, exit_timeout_s=2) as server:
+        ports, pid = dict(server.ports), server.pid
+        server.restart()
+        assert server.ports == ports and server.pid != pid
+        assert canary(server.endpoints["http_url"]).ok
+
+
+@pytest.mark.triton
+def test_wait_ready_picks_fresh_ports_when_an_auto_picked_port_is_taken_before_triton_binds_it(
+    serve_repo, monkeypatch
+) -> None:
+    import aigi.server
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    taken = squatter.getsockname()[1]
+    handed_out: list[int] = []
+    real_free_port = aigi.server.free_port
+
+    def racy_free_port(host: str = "127.0.0.1") -> int:
+        port = taken if not handed_out else real_free_port(host)  # the first pick loses the race
+        handed_out.append(port)
+        return port
+
+    monkeypatch.setattr(aigi.server, "free_port", racy_free_port)
+    try:
+        with TritonServer(serve_repo) as server:
+            assert taken not in server.ports.values()
+            assert len(handed_out) > 3  # three ports picked, then picked again after the lost race
+    finally:
+        squatter.close()
