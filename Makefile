@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-all lint demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the default run skips tests marked slow; this one runs them too
+test-all: install
+	$(PY) -m pytest -m '' $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

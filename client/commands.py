@@ -7,6 +7,7 @@ counted), 2 no server answered or the model is not ready.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -106,6 +107,11 @@ def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``aigi predict``."""
     from aigi.client.detector import Detector
 
+    found = iter_images(args.paths)
+    first = next(found, None)
+    if first is None:  # before connecting: a wrong path should not wait for a server
+        print("aigi predict: no image files found under " + " ".join(map(str, args.paths)), file=sys.stderr)
+        return 1
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     counts = {"images": 0, "fake": 0, "real": 0, "failed": 0}
     with Detector(
@@ -122,7 +128,7 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"{'p_fake':>7}  {'verdict':<7}  {'label':<12}  image (threshold {info.threshold:g})")
         bar = _progress()
         group_size = info.max_batch_size * detector.max_in_flight * 2
-        for group in _groups(iter_images(args.paths), group_size):
+        for group in _groups(itertools.chain([first], found), group_size):
             for result in detector.detect(group):
                 counts["images"] += 1
                 counts["failed" if result.error else "fake" if result.is_fake else "real"] += 1
@@ -131,9 +137,6 @@ def run_predict(args: argparse.Namespace) -> int:
                 bar.update(len(group))
         if bar is not None:
             bar.close()
-    if not counts["images"]:
-        print("aigi predict: no image files found under " + " ".join(map(str, args.paths)), file=sys.stderr)
-        return 1
     summary = f"{counts['images']} images: {counts['fake']} fake, {counts['real']} real, {counts['failed']} failed"
     print(summary, file=sys.stderr)
     return 1 if counts["failed"] else 0
