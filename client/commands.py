@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +75,6 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return list(iter_images(paths))
 
 
-def _groups(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
-    group: list[Path] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
 def _progress() -> Any:
     try:
         from tqdm import tqdm
@@ -106,6 +95,7 @@ def format_row(result: Any) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``aigi predict``."""
     from aigi.client.detector import Detector
+    from aigi.client.images import batched
 
     found = iter_images(args.paths)
     first = next(found, None)
@@ -128,7 +118,7 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"{'p_fake':>7}  {'verdict':<7}  {'label':<12}  image (threshold {info.threshold:g})")
         bar = _progress()
         group_size = info.max_batch_size * detector.max_in_flight * 2
-        for group in _groups(itertools.chain([first], found), group_size):
+        for group in batched(itertools.chain([first], found), group_size):
             for result in detector.detect(group):
                 counts["images"] += 1
                 counts["failed" if result.error else "fake" if result.is_fake else "real"] += 1

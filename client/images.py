@@ -6,12 +6,15 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from aigi.errors import InvalidImageError
 from aigi.preprocessing import ImageInput, PreprocessSpec, decode_image, preprocess, read_image_bytes
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,13 +79,18 @@ def prepare(image: ImageInput, index: int, local_spec: PreprocessSpec | None, li
     return item
 
 
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of at most ``size`` consecutive items, read lazily (``itertools.batched`` from Python 3.12 on)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def windows(images: Iterable[ImageInput], size: int) -> Iterator[list[tuple[int, ImageInput]]]:
     """``(index, image)`` pairs in lists of at most ``size``, read lazily: a call holds one window's payloads."""
-    window: list[tuple[int, ImageInput]] = []
-    for pair in enumerate(images):
-        window.append(pair)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
+    return batched(enumerate(images), size)

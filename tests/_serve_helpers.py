@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 SERVE_LABELS = ["real", "gan", "diff"]
@@ -31,3 +37,22 @@ def png_claiming(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
+
+
+@contextmanager
+def running_server(repo: Path, **options: Any) -> Iterator[Any]:
+    """A started and ready :class:`aigi.server.TritonServer` on ``repo``, stopped on exit.
+
+    Skips the test when the ``nvidia-pytriton`` wheel (the ``tritonserver`` binary) is not installed.
+    """
+    if importlib.util.find_spec("pytriton") is None:
+        pytest.skip("nvidia-pytriton (the tritonserver binary) is not installed")
+    from aigi.server import TritonServer
+
+    server = TritonServer(repo, **options)
+    server.start()
+    try:
+        server.wait_ready(timeout=180)
+        yield server
+    finally:
+        server.stop()

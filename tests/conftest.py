@@ -7,13 +7,12 @@ cpu`` and serves it with :class:`aigi.server.TritonServer` on free ports, once p
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _serve_helpers import SERVE_LABELS, SERVE_MAX_BATCH, SERVE_THRESHOLD, encode, png_claiming
+from _serve_helpers import SERVE_LABELS, SERVE_MAX_BATCH, SERVE_THRESHOLD, encode, png_claiming, running_server
 
 
 @pytest.fixture(scope="session")
@@ -78,17 +77,8 @@ def serve_repo(serve_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def triton_server(serve_repo: Path) -> Iterator[object]:
     """A running :class:`aigi.server.TritonServer` on the exported repository, on free ports."""
-    if importlib.util.find_spec("pytriton") is None:
-        pytest.skip("nvidia-pytriton (the tritonserver binary) is not installed")
-    from aigi.server import TritonServer
-
-    server = TritonServer(serve_repo, log_file=serve_repo.parent / "tritonserver.log")
-    server.start()
-    try:
-        server.wait_ready(timeout=180)
+    with running_server(serve_repo, log_file=serve_repo.parent / "tritonserver.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _serve_helpers import running_server
 
 from aigi.cli import main
 from aigi.client import Detector, Result
@@ -36,13 +37,8 @@ pytestmark = pytest.mark.triton
 @pytest.fixture
 def own_server(serve_repo: Path) -> Iterator[TritonServer]:
     """A server of this test's own, free to be stopped, killed or restarted."""
-    server = TritonServer(serve_repo, exit_timeout_s=2)
-    server.start()
-    try:
-        server.wait_ready(timeout=180)
+    with running_server(serve_repo, exit_timeout_s=2) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _post(url: str, headers: dict[str, str] | None = None) -> int:

@@ -9,7 +9,6 @@ re-sealed, so whichever copy of the preprocessing the server runs shows in its o
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _export_helpers import make_tiny_checkpoint
-from _serve_helpers import encode
+from _serve_helpers import encode, running_server
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -57,17 +56,8 @@ def hardened_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hardened_server(hardened_repo: Path) -> Iterator[object]:
-    if importlib.util.find_spec("pytriton") is None:
-        pytest.skip("nvidia-pytriton (the tritonserver binary) is not installed")
-    from aigi.server import TritonServer
-
-    server = TritonServer(hardened_repo, log_file=hardened_repo.parent / "tritonserver.log")
-    server.start()
-    try:
-        server.wait_ready(timeout=180)
+    with running_server(hardened_repo, log_file=hardened_repo.parent / "tritonserver.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _image_request(grpcclient, payload: bytes):
