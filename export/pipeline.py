@@ -1,9 +1,16 @@
 """``aigi export``: checkpoint -> ONNX (+ FP16 / INT8 / TensorRT) -> checked Triton model repository.
 
-Steps, each reported with its status and the max differences it saw against FP32 PyTorch:
+A pipeline of small steps, after NVIDIA Model Navigator's commands. Each step is one function taking the shared
+:class:`ExportContext` and returning a :class:`StepReport`: a :class:`StepStatus` and the max abs/rel differences
+it saw against FP32 PyTorch. :class:`StepRunner` times each step, prints its line and turns what goes wrong into
+one error:
 
 ``export`` (FP32 ONNX, tolerance 1e-4 on probs) -> ``fp16`` -> ``int8`` -> ``optimize`` (ORT levels timed)
 -> ``trt`` (engine, or ``build_engine.sh`` where TensorRT or a GPU is missing) -> ``repository``.
+
+Every parity check also needs argmax and is_fake agreement of at least :data:`aigi.export.parity.MIN_AGREEMENT`.
+A failed step can be run again alone: ``step_int8(prepare_context(options, folder))`` after ``step_fp32`` on the
+same context (each later step reads the files the earlier ones left in ``context.work``).
 
 All files are produced in a staging folder beside the repository and moved in at the end, so a failed step
 leaves the previous repository intact. With ``--backend trt`` on a machine without TensorRT or a GPU the
@@ -17,13 +24,14 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from aigi.checkpoint import CheckpointMeta
 from aigi.errors import AigiError, ExportError, ParityError, TensorRTUnavailableError
-from aigi.export import parity
-from aigi.export.repo_check import CheckReport
+from aigi.export import parity, tensorrt_build, variants
+from aigi.export.repo_check import CheckReport, check_repository
 from aigi.export.repo_writer import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_PRECISION,
@@ -35,13 +43,13 @@ from aigi.export.repo_writer import (
     stage_models,
     staging_area,
 )
-from aigi.export.report import ExportReport, StepReport
+from aigi.export.report import ExportReport, StepReport, StepStatus
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("export", "fp16", "int8", "optimize", "trt", "repository")
 # another level must beat ONNX Runtime's default (all) by this factor to be kept; timing noise is larger than 1.0
 OPT_LEVEL_MARGIN = 1.10
+INT8_FILENAME = "model.int8.onnx"
 
 
 @dataclass
@@ -72,35 +80,12 @@ class ExportOptions:
 
 
 def default_parity_dir(meta: CheckpointMeta) -> Path | None:
-    """The training data folder recorded in the checkpoint, if it still exists."""
-    candidates = []
-    for key, value in meta.training.items():
-        if isinstance(value, str) and ("data" in key or "dir" in key or "root" in key):
-            candidates.append(value)
-        elif isinstance(value, dict):
-            candidates += [v for k, v in value.items() if isinstance(v, str) and ("data" in k or "root" in k)]
-    for candidate in candidates:
-        path = Path(candidate)
-        if path.is_dir():
-            return path
-    return None
-
-
-class _Steps:
-    """Runs steps, times them, prints their lines, keeps the report."""
-
-    def __init__(self, report: ExportReport, echo: Callable[[str], None], progress) -> None:
-        self.report, self.echo, self.progress = report, echo, progress
-
-    def add(self, step: StepReport) -> StepReport:
-        self.report.steps.append(step)
-        self.echo(step.line())
-        if self.progress is not None:
-            self.progress.update(1)
-        return step
-
-    def skip(self, name: str, why: str) -> None:
-        self.add(StepReport(name, "skipped", message=why))
+    """The training data folder recorded in the checkpoint (``TrainingSummary.data_dir``), if it still exists."""
+    recorded = meta.training.data_dir
+    if recorded is None:
+        return None
+    path = Path(recorded)
+    return path if path.is_dir() else None  # a CSV manifest or a folder gone since training: no default
 
 
 def _parity_inputs(options: ExportOptions, meta: CheckpointMeta) -> tuple[list[parity.ParityBatch], dict]:
@@ -134,20 +119,303 @@ def _parity_inputs(options: ExportOptions, meta: CheckpointMeta) -> tuple[list[p
     return batches, description
 
 
-def _check_or_raise(steps: _Steps, step: StepReport, result: parity.ParityResult) -> None:
-    step.parity = result
+# ----------------------------------------------------------------------------- the shared context
+
+
+@dataclass
+class ExportContext:
+    """What the steps share: the settings, the PyTorch reference outputs, and the files made so far.
+
+    Files go to ``staging/work`` (the artifacts) and ``staging/repo`` (the staged repository). A step reads what
+    the earlier ones wrote there and records what the later ones need (``cpu_parameters``, ``engine_pending``).
+    """
+
+    options: ExportOptions
+    meta: CheckpointMeta
+    detector: Any
+    opt_batch: int
+    batches: list[parity.ParityBatch]
+    references: list[parity.Outputs]
+    staging: Path
+    cpu_parameters: dict[str, str] = field(default_factory=dict)
+    # set by the trt step when the engine cannot be built here; raised once everything else is written
+    engine_pending: TensorRTUnavailableError | None = None
+
+    def __post_init__(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def precision(self) -> str:
+        return self.options.resolved_precision
+
+    @property
+    def repo(self) -> Path:
+        return Path(self.options.repo)
+
+    @property
+    def network_name(self) -> str:
+        return model_names(self.options.name)[self.options.backend]
+
+    @property
+    def work(self) -> Path:
+        return self.staging / "work"
+
+    @property
+    def trt_dir(self) -> Path:
+        return self.work / "trt"
+
+    def artifact(self, precision: str) -> Path:
+        """Where the ONNX file of ``precision`` (fp32, fp16, int8) is written."""
+        names = {"fp32": "model.onnx", "fp16": tensorrt_build.FP16_ONNX_FILENAME, "int8": INT8_FILENAME}
+        return self.work / names[precision]
+
+    def network_files(self) -> dict[str, Path]:
+        """The files of the served network model: the engine folder for trt, else the served ONNX."""
+        if self.options.backend != "trt":
+            return {"model.onnx": self.artifact(self.precision)}
+        return {p.name: p for p in sorted(self.trt_dir.iterdir()) if p.is_file()}
+
+    def check(self, artifact: str, run: Callable, tolerance: float) -> parity.ParityResult:
+        """Run ``run`` on the parity batches and compare with PyTorch (see :func:`aigi.export.parity.check`)."""
+        return parity.check(artifact, run, self.batches, self.references, tolerance, float(self.meta.threshold))
+
+
+def _repository_spec(options: ExportOptions, meta: CheckpointMeta, context: ExportContext | None) -> RepositorySpec:
+    """The repository layout; with no context (no files yet) it only validates the settings."""
+    return RepositorySpec(
+        options.name,
+        options.backend,
+        options.resolved_precision,
+        meta,
+        options.max_batch,
+        NetworkArtifacts(context.network_files() if context else {}),
+        python_env=options.python_env,
+        intra_op_threads=options.intra_op_threads,
+        cpu_parameters=context.cpu_parameters if context else {},
+        max_queue_size=options.max_queue_size,
+        queue_timeout_ms=options.queue_timeout_ms,
+    )
+
+
+def _load(options: ExportOptions) -> tuple[Any, CheckpointMeta, int]:
+    """The detector, its metadata and the TensorRT profile's optimum, once the settings are checked."""
+    from aigi.training.model import load_checkpoint
+
+    detector, meta = load_checkpoint(options.checkpoint)
+    opt_batch = options.opt_batch or max(1, options.max_batch // 2)
+    if not 1 <= opt_batch <= options.max_batch:
+        raise ExportError(f"--opt-batch {opt_batch} must lie in 1..--max-batch ({options.max_batch})")
+    _repository_spec(options, meta, None)  # validates backend, precision, name and batch before any heavy work
+    return detector, meta, opt_batch
+
+
+def _references(options: ExportOptions, meta: CheckpointMeta, detector) -> tuple[list, list, dict]:
+    """The parity batches, PyTorch's outputs on them, and their description for the report."""
+    batches, description = _parity_inputs(options, meta)
+    return batches, [parity.torch_outputs(detector, batch.pixel_values) for batch in batches], description
+
+
+def prepare_context(options: ExportOptions, staging: Path) -> ExportContext:
+    """Everything a step needs, to run one step alone (files go under ``staging``)."""
+    detector, meta, opt_batch = _load(options)
+    batches, references, _ = _references(options, meta, detector)
+    return ExportContext(options, meta, detector, opt_batch, batches, references, Path(staging))
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def _checked(report: StepReport, result: parity.ParityResult) -> StepReport:
+    """``report`` with its parity result; FAILED when the check failed."""
+    report.parity = result
     if not result.passed:
-        step.status = "failed"
-        steps.add(step)
-        raise ParityError(
-            f"{step.step}: {result.artifact} differs from PyTorch past tolerance: probs max abs "
-            f"{result.max_abs['probs']:.2e} > {result.tolerance:.0e}"
-        )
-    steps.add(step)
+        report.status = StepStatus.FAILED
+    return report
+
+
+def _onnx_check(context: ExportContext, report: StepReport, precision: str) -> StepReport:
+    path = context.artifact(precision)
+    return _checked(report, context.check(path.name, parity.onnx_runner(path), parity.TOLERANCES[precision]))
+
+
+def _skipped(name: str, why: str) -> StepReport:
+    return StepReport(name, StepStatus.SKIPPED, message=why)
+
+
+def step_fp32(context: ExportContext) -> StepReport:
+    """``export``: the FP32 ONNX graph, checked against PyTorch."""
+    from aigi.export.onnx_export import export_onnx
+
+    path = context.artifact("fp32")
+    summary = export_onnx(context.detector, path, context.meta.preprocessing.size, context.options.opset)
+    message = f"{summary['exporter']} opset {summary['opset']}, {summary['layer_norm_nodes']} LayerNorm nodes"
+    report = StepReport("export", StepStatus.OK, artifact=path.name, message=message, details=summary)
+    return _onnx_check(context, report, "fp32")
+
+
+def step_fp16(context: ExportContext) -> StepReport:
+    """``fp16``: the FP16 graph (GPU backends and TensorRT's source), checked against PyTorch."""
+    options = context.options
+    if not (options.all_variants or options.backend == "trt" or context.precision == "fp16"):
+        return _skipped("fp16", "not needed for this backend (--all-variants to check it anyway)")
+    path = context.artifact("fp16")
+    details = variants.make_fp16(context.artifact("fp32"), path)
+    report = StepReport("fp16", StepStatus.OK, artifact=path.name, details={"casts_added": details["casts_added"]})
+    return _onnx_check(context, report, "fp16")
+
+
+def step_int8(context: ExportContext) -> StepReport:
+    """``int8``: the dynamically quantized graph for CPU serving, checked against PyTorch."""
+    if not (context.options.all_variants or context.precision == "int8"):
+        return _skipped("int8", "not needed for this backend (--precision int8 or --all-variants)")
+    path = context.artifact("int8")
+    details = variants.make_int8(context.artifact("fp32"), path)
+    return _onnx_check(context, StepReport("int8", StepStatus.OK, artifact=path.name, details=details), "int8")
+
+
+def step_optimize(context: ExportContext) -> StepReport:
+    """``optimize``: time ONNX Runtime's graph optimization levels on the served CPU graph and keep one."""
+    options = context.options
+    if options.backend != "cpu" or not options.time_optimizations:
+        why = "--no-timing" if options.backend == "cpu" else "GPU backends optimize at load on the server"
+        return _skipped("optimize", why)
+    served, size = context.artifact(context.precision), context.meta.preprocessing.size
+    timing = variants.time_optimization_levels(served, size, threads=options.intra_op_threads)
+    medians = timing["median_ms"]
+    faster = medians[timing["best"]] * OPT_LEVEL_MARGIN < medians["all"]
+    timing["chosen"] = timing["best"] if faster else "all"
+    context.cpu_parameters["graph_optimization_level"] = timing["chosen"]
+    message = (
+        f"ORT levels (ms, batch {timing['batch']}): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in medians.items())
+        + f"; keeping '{timing['chosen']}'"
+    )
+    return StepReport("optimize", StepStatus.OK, message=message, details={"timing": timing})
+
+
+def _engine_folder(context: ExportContext) -> tuple[tensorrt_build.EngineShapes, Path]:
+    """The FP16 graph, the previous timing cache and ``build_engine.sh`` in ``trt_dir``: shapes and script."""
+    context.trt_dir.mkdir()
+    fp16 = context.artifact("fp16")
+    shutil.move(str(fp16), context.trt_dir / fp16.name)
+    previous_cache = context.repo / context.network_name / "1" / tensorrt_build.TIMING_CACHE_FILENAME
+    if previous_cache.is_file():
+        shutil.copy2(previous_cache, context.trt_dir / tensorrt_build.TIMING_CACHE_FILENAME)
+    shapes = tensorrt_build.EngineShapes(context.meta.preprocessing.size, context.options.max_batch, context.opt_batch)
+    return shapes, tensorrt_build.write_build_script(context.trt_dir, shapes)
+
+
+def step_trt(context: ExportContext) -> StepReport:
+    """``trt``: the TensorRT engine from the FP16 graph, checked against PyTorch; UNAVAILABLE without TensorRT."""
+    if context.options.backend != "trt":
+        return _skipped("trt", "--backend trt builds the TensorRT engine")
+    shapes, script = _engine_folder(context)
+    report = StepReport("trt", StepStatus.OK, artifact=tensorrt_build.ENGINE_FILENAME)
+    try:
+        info = tensorrt_build.build_engine(context.trt_dir, shapes)
+    except TensorRTUnavailableError as exc:
+        final_script = context.repo.absolute() / context.network_name / "1" / script.name
+        message = tensorrt_build.unavailable_message(str(exc), final_script, context.repo)
+        context.engine_pending = TensorRTUnavailableError(message)
+        report.status, report.message = StepStatus.UNAVAILABLE, str(exc)
+        return report
+    report.details = {"engine": info.__dict__}
+    runner = tensorrt_build.engine_runner(context.trt_dir / tensorrt_build.ENGINE_FILENAME)
+    return _checked(report, context.check(tensorrt_build.ENGINE_FILENAME, runner, parity.TOLERANCES["trt"]))
+
+
+def step_repository(context: ExportContext) -> StepReport:
+    """``repository``: the three model folders staged in ``staging/repo`` and checked like ``aigi repo check``."""
+    spec = _repository_spec(context.options, context.meta, context)
+    staged = context.staging / "repo"
+    staged.mkdir()
+    written = stage_models(staged, spec)
+    pending = [f"{spec.network_name}/1/{tensorrt_build.ENGINE_FILENAME}"] if context.engine_pending else []
+    problems = _check_staged(staged, pending).problems
+    if problems:
+        raise ExportError("the written repository fails its check: " + problems[0])
+    message = f"models {', '.join(written)}" + ("; model.plan to be built" if pending else "")
+    return StepReport(
+        "repository", StepStatus.OK, artifact=str(context.repo), message=message, details={"models": written}
+    )
+
+
+class Step(NamedTuple):
+    """One step of the pipeline: its name, its function, and what the progress bar says while it runs."""
+
+    name: str
+    run: Callable[[Any], StepReport]
+    label: str = ""
+
+
+PIPELINE = (
+    Step("export", step_fp32),
+    Step("fp16", step_fp16),
+    Step("int8", step_int8),
+    Step("optimize", step_optimize),
+    Step("trt", step_trt, "trt (engine build can take minutes)"),
+    Step("repository", step_repository),
+)
+STEPS = tuple(step.name for step in PIPELINE)
+
+
+# ----------------------------------------------------------------------------- running them
+
+
+def _as_aigi_error(exc: Exception) -> AigiError:
+    """``exc`` itself if it is an :class:`AigiError`, else an :class:`ExportError` naming it (one CLI line)."""
+    if isinstance(exc, AigiError):
+        return exc
+    return ExportError(f"export failed: {exc.__class__.__name__}: {exc}")
+
+
+def _failure(report: StepReport) -> ExportError:
+    """The error for a step that returned FAILED: a :class:`ParityError` when its check failed."""
+    reason = report.parity.failure() if report.parity is not None else None
+    if reason:
+        return ParityError(f"{report.step}: {reason}")
+    return ExportError(f"{report.step}: {report.message or 'failed'}")
+
+
+class StepRunner:
+    """Runs steps: shows each on the progress bar, times it, prints its line and keeps it in the report.
+
+    A step that raises is recorded FAILED with the error as its message, then the error goes on (an
+    :class:`ExportError` naming it unless it is an :class:`AigiError`). A step that returns FAILED (its parity
+    check failed) is recorded as returned, so its line shows the differences, then raises :class:`ParityError`.
+    """
+
+    def __init__(self, report: ExportReport, echo: Callable[[str], None] = print, progress=None) -> None:
+        self.report, self.echo, self.progress = report, echo, progress
+
+    def run(self, step: Step, context: Any) -> StepReport:
+        """Run ``step`` on ``context``; see the class docstring."""
+        if self.progress is not None:
+            self.progress.set_postfix_str(step.label or step.name)
+        start = time.perf_counter()
+        try:
+            result = step.run(context)
+        except Exception as exc:
+            error = _as_aigi_error(exc)
+            self._record(StepReport(step.name, StepStatus.FAILED, message=str(error)), start)
+            if error is exc:
+                raise
+            raise error from exc
+        self._record(result, start)
+        if result.status is StepStatus.FAILED:
+            raise _failure(result)
+        return result
+
+    def _record(self, step: StepReport, start: float) -> None:
+        step.seconds = time.perf_counter() - start
+        self.report.steps.append(step)
+        self.echo(step.line())
+        if self.progress is not None:
+            self.progress.update(1)
 
 
 def run_export(options: ExportOptions, echo: Callable[[str], None] = print, show_progress: bool = True) -> ExportReport:
-    """Run every step and write the repository; see the module docstring.
+    """Run every step of :data:`PIPELINE` and write the repository; see the module docstring.
 
     Raises:
         CheckpointError: the run directory is unusable.
@@ -157,209 +425,67 @@ def run_export(options: ExportOptions, echo: Callable[[str], None] = print, show
     """
     from tqdm import tqdm
 
-    from aigi.export import tensorrt_build, variants
-    from aigi.export.onnx_export import export_onnx
-    from aigi.export.repo_check import check_repository
-    from aigi.training.model import load_checkpoint
-
-    precision = options.resolved_precision
-    detector, meta = load_checkpoint(options.checkpoint)
-    opt_batch = options.opt_batch or max(1, options.max_batch // 2)
-    if not 1 <= opt_batch <= options.max_batch:
-        raise ExportError(f"--opt-batch {opt_batch} must lie in 1..--max-batch ({options.max_batch})")
-    # validates backend, precision, name and batch before any heavy work
-    RepositorySpec(
-        options.name,
-        options.backend,
-        precision,
-        meta,
-        options.max_batch,
-        NetworkArtifacts({}),
-        max_queue_size=options.max_queue_size,
-        queue_timeout_ms=options.queue_timeout_ms,
+    detector, meta, opt_batch = _load(options)
+    settings = (options.name, options.backend, options.resolved_precision, options.max_batch)
+    report = ExportReport(str(options.checkpoint), str(Path(options.repo)), *settings)
+    progress = tqdm(
+        total=len(PIPELINE), desc="aigi export", unit="step", disable=not show_progress or None, leave=False
     )
-    repo = Path(options.repo)
-    report = ExportReport(
-        str(options.checkpoint), str(repo), options.name, options.backend, precision, options.max_batch
-    )
-    progress = tqdm(total=len(STEPS), desc="aigi export", unit="step", disable=not show_progress or None, leave=False)
-    steps = _Steps(report, echo, progress)
-    trt_unavailable = ""
+    runner = StepRunner(report, echo, progress)
     try:
         progress.set_postfix_str("reference outputs")
-        batches, report.parity_inputs = _parity_inputs(options, meta)
-        references = [parity.torch_outputs(detector, batch.pixel_values) for batch in batches]
-        threshold = float(meta.threshold)
-        size = meta.preprocessing.size
-
-        def check(step: StepReport, path: Path, tolerance: float) -> None:
-            runner = parity.onnx_runner(path)
-            _check_or_raise(steps, step, parity.check(path.name, runner, batches, references, tolerance, threshold))
-
-        with staging_area(repo) as staging:
-            work = staging / "work"
-            work.mkdir()
-            fp32 = work / "model.onnx"
-
-            progress.set_postfix_str("export")
-            start = time.perf_counter()
-            summary = export_onnx(detector, fp32, size, options.opset)
-            step = StepReport("export", "ok", artifact="model.onnx", details=summary)
-            step.message = (
-                f"{summary['exporter']} opset {summary['opset']}, {summary['layer_norm_nodes']} LayerNorm nodes"
-            )
-            step.seconds = time.perf_counter() - start
-            check(step, fp32, parity.TOLERANCES["fp32"])
-
-            want_fp16 = options.all_variants or options.backend == "trt" or precision == "fp16"
-            fp16 = work / tensorrt_build.FP16_ONNX_FILENAME
-            if want_fp16:
-                progress.set_postfix_str("fp16")
-                start = time.perf_counter()
-                details = variants.make_fp16(fp32, fp16)
-                step = StepReport("fp16", "ok", artifact=fp16.name, details={"casts_added": details["casts_added"]})
-                step.seconds = time.perf_counter() - start
-                check(step, fp16, parity.TOLERANCES["fp16"])
-            else:
-                steps.skip("fp16", "not needed for this backend (--all-variants to check it anyway)")
-
-            want_int8 = options.all_variants or precision == "int8"
-            int8 = work / "model.int8.onnx"
-            if want_int8:
-                progress.set_postfix_str("int8")
-                start = time.perf_counter()
-                details = variants.make_int8(fp32, int8)
-                step = StepReport("int8", "ok", artifact=int8.name, details=details)
-                step.seconds = time.perf_counter() - start
-                check(step, int8, parity.TOLERANCES["int8"])
-            else:
-                steps.skip("int8", "not needed for this backend (--precision int8 or --all-variants)")
-
-            served = {"fp32": fp32, "fp16": fp16, "int8": int8}[precision]
-            cpu_parameters: dict[str, str] = {}
-            if options.backend == "cpu" and options.time_optimizations:
-                progress.set_postfix_str("optimize")
-                start = time.perf_counter()
-                timing = variants.time_optimization_levels(served, size, threads=options.intra_op_threads)
-                medians = timing["median_ms"]
-                faster = medians[timing["best"]] * OPT_LEVEL_MARGIN < medians["all"]
-                timing["chosen"] = timing["best"] if faster else "all"
-                cpu_parameters["graph_optimization_level"] = timing["chosen"]
-                step = StepReport("optimize", "ok", details={"timing": timing})
-                step.message = (
-                    f"ORT levels (ms, batch {timing['batch']}): "
-                    + ", ".join(f"{k} {v:.1f}" for k, v in medians.items())
-                    + f"; keeping '{timing['chosen']}'"
-                )
-                step.seconds = time.perf_counter() - start
-                steps.add(step)
-            else:
-                why = "--no-timing" if options.backend == "cpu" else "GPU backends optimize at load on the server"
-                steps.skip("optimize", why)
-
-            network_files: dict[str, Path] = {}
-            if options.backend == "trt":
-                progress.set_postfix_str("trt (engine build can take minutes)")
-                trt_dir = work / "trt"
-                trt_dir.mkdir()
-                shutil.move(str(fp16), trt_dir / fp16.name)
-                names = model_names(options.name)
-                previous_cache = repo / names["trt"] / "1" / tensorrt_build.TIMING_CACHE_FILENAME
-                if previous_cache.is_file():
-                    shutil.copy2(previous_cache, trt_dir / tensorrt_build.TIMING_CACHE_FILENAME)
-                shapes = tensorrt_build.EngineShapes(size, options.max_batch, opt_batch)
-                script = tensorrt_build.write_build_script(trt_dir, shapes)
-                start = time.perf_counter()
-                step = StepReport("trt", "ok", artifact=tensorrt_build.ENGINE_FILENAME)
-                try:
-                    info = tensorrt_build.build_engine(trt_dir, shapes)
-                except TensorRTUnavailableError as exc:
-                    final_script = repo.absolute() / names["trt"] / "1" / script.name
-                    trt_unavailable = tensorrt_build.unavailable_message(str(exc), final_script, repo)
-                    step.status, step.message = "unavailable", str(exc)
-                    step.seconds = time.perf_counter() - start
-                    steps.add(step)
-                else:
-                    step.details = {"engine": info.__dict__}
-                    step.seconds = time.perf_counter() - start
-                    runner = tensorrt_build.engine_runner(trt_dir / tensorrt_build.ENGINE_FILENAME)
-                    result = parity.check(
-                        "model.plan", runner, batches, references, parity.TOLERANCES["trt"], threshold
-                    )
-                    _check_or_raise(steps, step, result)
-                network_files = {p.name: p for p in sorted(trt_dir.iterdir()) if p.is_file()}
-            else:
-                steps.skip("trt", "--backend trt builds the TensorRT engine")
-                network_files = {"model.onnx": served}
-
-            progress.set_postfix_str("repository")
-            start = time.perf_counter()
-            spec = RepositorySpec(
-                options.name,
-                options.backend,
-                precision,
-                meta,
-                options.max_batch,
-                NetworkArtifacts(network_files),
-                python_env=options.python_env,
-                intra_op_threads=options.intra_op_threads,
-                cpu_parameters=cpu_parameters,
-                max_queue_size=options.max_queue_size,
-                queue_timeout_ms=options.queue_timeout_ms,
-            )
-            staged = staging / "repo"
-            staged.mkdir()
-            written = stage_models(staged, spec)
-            check_report = _check_staged(staged, check_repository)
-            expected = [p for p in check_report.problems if trt_unavailable and "model.plan: missing" in p]
-            unexpected = [p for p in check_report.problems if p not in expected]
-            if unexpected:
-                raise ExportError("the written repository fails its check: " + unexpected[0])
-            step = StepReport("repository", "ok", artifact=str(repo), details={"models": written})
-            step.message = f"models {', '.join(written)}" + ("; model.plan to be built" if expected else "")
-            step.seconds = time.perf_counter() - start
-            steps.add(step)
-            report_json, report_md = f"{options.name}_export_report.json", f"{options.name}_EXPORT.md"
-            (staged / report_json).write_text(report.to_json())
-            (staged / report_md).write_text(report.to_markdown())
-            owned = list(model_names(options.name).values())
-            removed = install(staged, repo, owned, [report_json, report_md])
-            if removed:
-                logger.info("removed %s (replaced by %s)", ", ".join(removed), spec.network_name)
-            _write_manifest(repo, options, spec)
+        batches, references, report.parity_inputs = _references(options, meta, detector)
+        with staging_area(options.repo) as staging:
+            context = ExportContext(options, meta, detector, opt_batch, batches, references, staging)
+            for step in PIPELINE:
+                runner.run(step, context)
+            _install(context, report)
     except AigiError:
         raise
     except Exception as exc:  # an unexpected failure is still one line, and nothing is installed
-        raise ExportError(f"export failed: {exc.__class__.__name__}: {exc}") from exc
+        raise _as_aigi_error(exc) from exc
     finally:
         progress.close()
-    if trt_unavailable:
-        raise TensorRTUnavailableError(trt_unavailable)
+    if context.engine_pending is not None:
+        raise context.engine_pending
     return report
 
 
-def _check_staged(staged: Path, check_repository) -> CheckReport:
+def _check_staged(staged: Path, pending: list[str]) -> CheckReport:
     """Check the staged models (with a throwaway manifest) before they replace anything."""
     from aigi.manifest import MANIFEST_FILENAME, write_manifest
 
     write_manifest(staged, {})
     try:
-        return check_repository(staged)
+        return check_repository(staged, pending)
     finally:
         (staged / MANIFEST_FILENAME).unlink(missing_ok=True)
 
 
-def _write_manifest(repo: Path, options: ExportOptions, spec: RepositorySpec) -> None:
+def _install(context: ExportContext, report: ExportReport) -> None:
+    """Write the report beside the staged models, move them into the repository and record them in its manifest."""
+    name, staged = context.options.name, context.staging / "repo"
+    report_json, report_md = f"{name}_export_report.json", f"{name}_EXPORT.md"
+    (staged / report_json).write_text(report.to_json())
+    (staged / report_md).write_text(report.to_markdown())
+    removed = install(staged, context.repo, list(model_names(name).values()), [report_json, report_md])
+    if removed:
+        logger.info("removed %s (replaced by %s)", ", ".join(removed), context.network_name)
+    _write_manifest(context)
+
+
+def _write_manifest(context: ExportContext) -> None:
     from aigi.manifest import write_manifest
 
+    options = context.options
     write_manifest(
-        repo,
+        context.repo,
         {
             options.name: {
                 "checkpoint": str(Path(options.checkpoint).absolute()),
                 "backend": options.backend,
-                "precision": spec.precision,
-                "network_model": spec.network_name,
+                "precision": context.precision,
+                "network_model": context.network_name,
                 "max_batch": options.max_batch,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }

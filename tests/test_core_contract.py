@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from aigi.checkpoint import ArchitectureMeta, CheckpointMeta, load_meta, save_meta
+from aigi.checkpoint import ArchitectureMeta, CheckpointMeta, TrainingSummary, load_meta, save_meta
 from aigi.errors import CheckpointError, DatasetError
 from aigi.labels import labels_for_task, p_fake, target_index, validate_labels
 from aigi.preprocessing import PreprocessSpec
@@ -68,15 +68,104 @@ def test_load_meta_raises_checkpoint_error_when_file_is_malformed(tmp_path) -> N
         load_meta(tmp_path)
 
 
+# An aigi.json "training" section as aigi train writes it (abridged dataset and hyperparameters), in its key order.
+TRAINED = {
+    "data": "/data/bench",
+    "dataset": {"layout": "splits", "root": "/data/bench", "num_samples": 72},
+    "images": {"train": 36, "val": 18},
+    "skipped_files": 1,
+    "skipped": [["/data/bench/train/real/x.png", "not a decodable image"]],
+    "hyperparameters": {"data": "/data/bench", "lr": 0.003, "grad_checkpointing_enabled": False},
+    "amp": "off",
+    "device": "cpu",
+    "world_size": 1,
+    "parameters": 42467,
+    "trainable_parameters": 42467,
+    "epochs": 2,
+    "completed": True,
+    "epochs_completed": 2,
+    "best_epoch": 1,
+    "time_s": 2.07,
+    "images_per_s": 38.92,
+    "peak_gpu_memory_mb": None,
+}
+
+
+def _saved_training(tmp_path, training: dict) -> tuple[CheckpointMeta, dict]:
+    document = {**_meta().to_dict(), "training": training}
+    (tmp_path / "aigi.json").write_text(json.dumps(document))
+    meta = load_meta(tmp_path)
+    save_meta(tmp_path, meta)
+    return meta, json.loads((tmp_path / "aigi.json").read_text())["training"]
+
+
+def test_training_summary_writes_the_same_json_when_a_trained_summary_is_loaded_and_saved(tmp_path) -> None:
+    meta, written = _saved_training(tmp_path, TRAINED)
+
+    assert json.dumps(written) == json.dumps(TRAINED)  # same keys, values and order, nulls included
+    summary = meta.training
+    assert isinstance(summary, TrainingSummary) and summary.extra == {}
+    assert summary.data_dir == "/data/bench" and summary.best_epoch == 1 and summary.completed is True
+    assert summary.images == {"train": 36, "val": 18} and summary.peak_gpu_memory_mb is None
+    assert TrainingSummary(**TRAINED).to_dict() == TRAINED  # as train.py builds it
+
+
+def test_training_summary_keeps_unknown_and_mistyped_keys_when_an_old_file_lacks_fields(tmp_path) -> None:
+    old = {"data": "/old/data", "epochs": "twelve", "note": "written by another tool", "best_epoch": None}
+
+    meta, written = _saved_training(tmp_path, old)
+
+    assert written == old  # missing keys are not added, unknown and mistyped ones survive
+    summary = meta.training
+    assert summary.extra == {"epochs": "twelve", "note": "written by another tool"}
+    assert summary.epochs is None and summary.best_epoch is None and summary.completed is False
+    assert summary.data_dir == "/old/data"
+
+
+@pytest.mark.parametrize(
+    ("training", "expected"),
+    [
+        ({}, None),
+        ({"note": "random initialization"}, None),
+        ({"hyperparameters": {"data": "/from/config"}}, "/from/config"),
+        ({"dataset": {"root": "/from/index"}}, "/from/index"),
+        ({"data": "", "dataset": {"root": "/from/index"}}, "/from/index"),
+        ({"data": 3}, None),
+        ({"data": "~/bench"}, "HOME/bench"),
+    ],
+)
+def test_training_summary_names_the_data_folder_when_one_is_recorded(
+    training: dict, expected: str | None, monkeypatch
+) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")
+    expected = expected and expected.replace("HOME", "/home/someone")
+    assert TrainingSummary.from_dict(training).data_dir == expected
+
+
+def test_checkpoint_meta_parses_a_training_dict_when_given_or_assigned_one() -> None:
+    meta = CheckpointMeta(**{**vars(_meta()), "training": {"data": "/d", "note": "x"}})
+    assert isinstance(meta.training, TrainingSummary) and meta.training.data == "/d"
+    meta.training = {"epochs": 3}
+    assert meta.training.epochs == 3 and meta.to_dict()["training"] == {"epochs": 3}
+    assert _meta().to_dict()["training"] == {}
+
+
+def test_load_meta_raises_checkpoint_error_when_training_is_not_an_object(tmp_path) -> None:
+    (tmp_path / "aigi.json").write_text(json.dumps({**_meta().to_dict(), "training": ["data"]}))
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_meta(tmp_path)
+
+
 def test_load_meta_raises_checkpoint_error_when_directory_has_no_meta(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="no aigi.json"):
         load_meta(tmp_path)
 
 
-def test_client_and_cli_help_import_no_torch_when_loaded_in_fresh_interpreter() -> None:
+def test_cli_help_and_preprocessing_import_no_torch_when_loaded_in_fresh_interpreter() -> None:
+    # the client's own import is checked in test_client.py
     code = (
         "import sys, io, contextlib\n"
-        "import aigi.client, aigi.preprocessing\n"
+        "import aigi.preprocessing\n"
         "from aigi.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"

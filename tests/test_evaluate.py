@@ -43,11 +43,25 @@ def test_eval_writes_report_plots_and_predictions_when_run_is_evaluated(evaluate
     for name in ("report.json", "REPORT.md", "confusion_matrix.png", "roc_curve.png", "robustness.png"):
         assert (out / name).is_file(), name
     test = report["test"]
-    for key in ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy"):
-        assert 0.0 <= test[key] <= 1.0, key
     assert test["n"] == 18 and test["n_real"] == 6
     assert set(test["per_class"]) == {"real", "gen_a", "gen_b"}
-    assert np.asarray(test["confusion_matrix"]["rows_true_cols_predicted"]).sum() == 18
+    # the headline metrics are those of the per-image predictions written next to them
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    is_fake = np.asarray([row["label"] != "real" for row in rows])
+    correct = np.asarray([row["is_fake"] for row in rows]) == is_fake
+    assert test["accuracy"] == pytest.approx(correct.mean())
+    assert test["real_accuracy"] == pytest.approx(correct[~is_fake].mean())
+    assert test["fake_accuracy"] == pytest.approx(correct[is_fake].mean())
+    named = np.asarray([row["predicted"] == row["label"] for row in rows])
+    assert test["attribution_accuracy"] == pytest.approx(named.mean())
+    scores = np.asarray([row["p_fake"] for row in rows])
+    margins = scores[is_fake][:, None] - scores[~is_fake][None, :]  # ROC AUC: P(fake outscores real), ties half
+    assert test["roc_auc"] == pytest.approx(np.mean((margins > 0) + 0.5 * (margins == 0)))
+    # average precision: the mean, over fakes, of the precision when calling fake every score at least theirs
+    precision = [is_fake[scores >= score].mean() for score in scores[is_fake]]
+    assert test["average_precision"] == pytest.approx(np.mean(precision))
+    matrix = np.asarray(test["confusion_matrix"]["rows_true_cols_predicted"])
+    assert matrix.sum() == 18 and np.trace(matrix) == named.sum()
     markdown = (out / "REPORT.md").read_text()
     assert "## Robustness" in markdown and "attribution accuracy" in markdown
 
@@ -63,9 +77,19 @@ def test_eval_stores_threshold_and_calibration_in_aigi_json_when_calibrated_on_v
 
 
 def test_eval_robustness_table_lists_every_perturbation_when_requested(evaluated) -> None:
-    table = evaluated[2]["robustness"]
+    _, out, report = evaluated
+    table = report["robustness"]
     assert list(table) == ["clean", "jpeg_q95", "jpeg_q75", "jpeg_q50", "blur_sigma1", "blur_sigma2", "downscale_half"]
-    assert all(0.0 <= row["accuracy"] <= 1.0 for row in table.values())
+    metrics = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy")
+    assert table["clean"] == {key: report["test"][key] for key in metrics}  # the unperturbed row is the test split
+    test = report["test"]
+    for name, row in table.items():
+        assert list(row) == list(metrics), name
+        # each row scores all 18 test images: its accuracies count whole images of the split's 18 / 6 real / 12 fake
+        for key, n in (("accuracy", test["n"]), ("real_accuracy", test["n_real"]), ("fake_accuracy", test["n_fake"])):
+            assert row[key] * n == pytest.approx(round(row[key] * n)), (name, key)
+    markdown = (out / "REPORT.md").read_text()
+    assert all(f"| {name} |" in markdown for name in table)
 
 
 def test_eval_predictions_match_the_shared_preprocessing_when_recomputed(evaluated) -> None:

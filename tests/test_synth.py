@@ -17,6 +17,20 @@ from aigi.training.datasets import index_dataset
 from aigi.training.synth import synthesize, trivial_feature_baseline
 
 TINY = {"train_per_class": 10, "val_per_class": 2, "test_per_class": 3, "size": 64, "seed": 0, "progress": False}
+# Enough images for statistical checks (about 3 s to write): 100 test images per class give 100 real and 400
+# generated ones, so the standard error of a balanced accuracy at chance is about 0.028 (see _chance_bound).
+STATS = {**TINY, "train_per_class": 60, "val_per_class": 1, "test_per_class": 100}
+SIGMAS = 4.0  # a bound of 4 standard errors: a chance result exceeds it with probability ~6e-5
+
+
+def _chance_bound(n_real: int, n_fake: int) -> float:
+    """``SIGMAS`` standard errors of a balanced accuracy when the classifier is at chance.
+
+    Balanced accuracy is the mean of the real and the generated images' accuracies. At chance each is a binomial
+    proportion with variance ``q(1 - q) / n <= 1 / (4n)``, so the standard error is at most
+    ``0.25 * sqrt(1/n_real + 1/n_fake)``; with ``n`` images split evenly that is the usual ``0.5 / sqrt(n)``.
+    """
+    return SIGMAS * 0.25 * float(np.sqrt(1 / n_real + 1 / n_fake))
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -27,6 +41,13 @@ def _hashes(root: Path) -> dict[str, str]:
 def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("synth") / "bench"
     return root, synthesize(root, workers=1, **TINY)
+
+
+@pytest.fixture(scope="module")
+def stats_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth-stats") / "bench"
+    synthesize(root, workers=1, **STATS)
+    return root
 
 
 def test_synthesize_writes_identical_files_when_seed_repeats_across_worker_counts(
@@ -98,27 +119,50 @@ def test_generated_image_keeps_source_brightness_and_looks_like_it_when_any_gene
         assert 24 < psnr < 60, f"{name}: PSNR {psnr:.1f} dB against its source"
 
 
-def test_generated_classes_match_real_brightness_when_benchmark_is_built(tiny_benchmark: tuple[Path, dict]) -> None:
-    root, _ = tiny_benchmark
+def test_generated_classes_match_real_brightness_when_benchmark_is_built(stats_benchmark: Path) -> None:
+    def brightness(label: str) -> np.ndarray:
+        return np.asarray([np.asarray(Image.open(p).convert("L")).mean() for p in stats_benchmark.glob(f"*/{label}/*")])
 
-    def mean_brightness(label: str) -> float:
-        return float(np.mean([np.asarray(Image.open(p).convert("L")).mean() for p in root.glob(f"*/{label}/*")]))
-
-    real = mean_brightness(REAL)
+    real = brightness(REAL)
     for name in synth.GENERATORS:
-        assert abs(mean_brightness(name) - real) < 25
+        generated = brightness(name)
+        # class means differ by sampling alone: bound the difference by SIGMAS standard errors (about 5 grey levels
+        # with 161 images a class whose brightness spreads by ~45)
+        stderr = np.sqrt(real.var(ddof=1) / real.size + generated.var(ddof=1) / generated.size)
+        difference = generated.mean() - real.mean()
+        assert abs(difference) <= SIGMAS * stderr, f"{name}: {difference:+.1f} grey levels, standard error {stderr:.1f}"
 
 
-def test_trivial_feature_baseline_reports_balanced_accuracies_when_benchmark_exists(
-    tiny_benchmark: tuple[Path, dict],
+def test_trivial_feature_baseline_stays_near_chance_when_benchmark_has_enough_test_images(
+    stats_benchmark: Path,
 ) -> None:
-    root, _ = tiny_benchmark
+    test_counts = index_dataset(stats_benchmark).counts()["test"]
+    n_real = test_counts[REAL]
+    n_fake = sum(count for label, count in test_counts.items() if label != REAL)
+    bound = _chance_bound(n_real, n_fake)  # 100 real, 400 generated: 0.112
 
-    result = trivial_feature_baseline(root)
+    result = trivial_feature_baseline(stats_benchmark)
 
-    assert 0.0 <= result["logistic_balanced_accuracy"] <= 1.0
-    assert set(result["per_feature_balanced_accuracy"]) == set(result["features"])
-    assert "bytes_per_pixel" in result["features"] and "mean_brightness" in result["features"]
+    assert result["features"] == list(synth.TRIVIAL_FEATURES)
+    assert set(result["per_feature_balanced_accuracy"]) == set(synth.TRIVIAL_FEATURES)
+    scores = {"logistic": result["logistic_balanced_accuracy"], **result["per_feature_balanced_accuracy"]}
+    for name, score in scores.items():
+        assert abs(score - 0.5) <= bound, f"{name}: balanced accuracy {score} is beyond chance (0.5 +- {bound:.3f})"
+
+
+def test_trivial_feature_baseline_exceeds_the_chance_bound_when_format_gives_the_class_away(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, suffix in ((REAL, "jpg"), ("gan", "png")):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(20):
+                noise = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(noise).save(tmp_path / split / label / f"{i:02d}.{suffix}")
+
+    result = trivial_feature_baseline(tmp_path)
+
+    assert result["per_feature_balanced_accuracy"]["is_jpeg"] == 1.0
+    assert result["logistic_balanced_accuracy"] == 1.0 > 0.5 + _chance_bound(20, 20)
 
 
 def test_synthesize_replaces_its_own_files_when_rerun_with_fewer_images(tmp_path: Path) -> None:

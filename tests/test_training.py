@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from _training_helpers import make_easy_dataset, make_tiny_clip_dir  # noqa: E402
 
+from aigi.checkpoint import load_meta  # noqa: E402
 from aigi.cli import main  # noqa: E402
 from aigi.preprocessing import PreprocessSpec, preprocess  # noqa: E402
 from aigi.training.augment import AugmentConfig, augment, random_origin, scale_contrast  # noqa: E402
@@ -163,6 +164,10 @@ def test_train_writes_run_directory_when_data_is_valid(easy_data: Path, clip_dir
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"train_loss", "val_accuracy", "images_per_s", "lr"} <= set(history[0])
+    summary = load_meta(out).training  # typed: what export reads
+    assert summary.data_dir == str(easy_data) and summary.extra == {} and summary.epochs_completed == 2
+    best = max(history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))  # ties: the earlier epoch stays
+    assert summary.best_epoch == best["epoch"] and meta["metrics"]["val_accuracy"] == best["val_accuracy"]
 
 
 def test_train_beats_chance_when_classes_are_separable(easy_data: Path, tmp_path: Path) -> None:

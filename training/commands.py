@@ -72,10 +72,9 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"aigi train: error: {exc}", file=sys.stderr)
         return 2
-    best = summary.get("best_epoch")
     print(
-        f"trained {summary['epochs_completed']}/{summary['epochs']} epochs in {summary['time_s']:.0f} s "
-        f"({summary['images_per_s'] or 0:.1f} img/s); best epoch {best}; wrote {args.out}"
+        f"trained {summary.epochs_completed}/{summary.epochs} epochs in {summary.time_s or 0:.0f} s "
+        f"({summary.images_per_s or 0:.1f} img/s); best epoch {summary.best_epoch}; wrote {args.out}"
     )
     return 0
 

@@ -209,15 +209,56 @@ def _walk(root: Path) -> tuple[list[tuple[tuple[str, ...], Path]], list[tuple[st
     from the folders the user laid out. What was skipped is logged once, with counts.
     """
     root_real = os.path.realpath(root)
-    walked = {root_real}  # real paths of the folders walked, or queued to be
-    own: list[tuple[Path, tuple[str, ...], str]] = [(root, (), root_real)]  # (folder, parts, real path)
-    linked: deque[tuple[Path, tuple[str, ...]]] = deque()  # symlinked folders, walked after the dataset's own
-    candidates: list[tuple[tuple[str, ...], Path, str, bool]] = []  # (parts, file, real path, reached without links)
-    skipped: list[tuple[str, str]] = []
-    folders_skipped = 0
+    walk = _Walk(walked={root_real})
+    walk.walk([(root, (), root_real)], canonical=True)
+    walk.follow_links()
+    files = _one_name_per_file(walk.candidates)
+    duplicates = len(walk.candidates) - len(files)
+    if walk.folders_skipped or duplicates:
+        logger.warning(
+            "%s: skipped %d symlinked folders already walked under another name (a link loop, a link back into the "
+            "dataset or a second link to one folder) and %d images reached under a second name; each image is "
+            "indexed once",
+            root,
+            walk.folders_skipped,
+            duplicates,
+        )
+    return files, walk.skipped
 
-    def scan(folder: Path, parts: tuple[str, ...], folder_real: str, canonical: bool) -> list:
-        nonlocal folders_skipped
+
+_Folder = tuple[Path, tuple[str, ...], str]  # (folder, parts relative to the root, real path)
+
+
+@dataclass
+class _Walk:
+    """The state of one :func:`_walk`: folders walked, symlinked folders queued, files met and skipped."""
+
+    walked: set[str]  # real paths of the folders walked, or queued to be
+    linked: deque[tuple[Path, tuple[str, ...]]] = field(default_factory=deque)  # walked after the dataset's own
+    # (parts, file, real path, reached without links) of every image met
+    candidates: list[tuple[tuple[str, ...], Path, str, bool]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    folders_skipped: int = 0
+
+    def walk(self, queue: list[_Folder], canonical: bool) -> None:
+        """Walk the queued folders depth first, in name order, like ``os.walk``."""
+        while queue:
+            folder, parts, folder_real = queue.pop()
+            queue.extend(reversed(self.scan(folder, parts, folder_real, canonical)))
+
+    def follow_links(self) -> None:
+        """Walk the symlinked folders met so far (and those met below them), each real folder once."""
+        while self.linked:
+            path, parts = self.linked.popleft()
+            real = os.path.realpath(path)
+            if real in self.walked:
+                self.folders_skipped += 1  # a link loop, a link back into the dataset, or a second link to one folder
+                continue
+            self.walked.add(real)
+            self.walk([(path, parts, real)], canonical=False)
+
+    def scan(self, folder: Path, parts: tuple[str, ...], folder_real: str, canonical: bool) -> list[_Folder]:
+        """Record the files of one folder; returns its subfolders still to walk (symlinked ones are queued apart)."""
         try:
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
@@ -227,64 +268,45 @@ def _walk(root: Path) -> tuple[list[tuple[tuple[str, ...], Path]], list[tuple[st
         subfolders = []
         for entry in entries:
             name, path = entry.name, folder / entry.name
-            if entry.is_dir():  # follows a link, like os.walk
-                if name.startswith("."):
-                    continue
-                if entry.is_symlink():
-                    linked.append((path, (*parts, name)))
-                    continue
-                real = os.path.join(folder_real, name)
-                if real in walked:  # a second way into a folder already walked (below a followed link)
-                    folders_skipped += 1
-                    continue
-                walked.add(real)
-                subfolders.append((path, (*parts, name), real))
+            if not entry.is_dir():  # is_dir follows a link, like os.walk
+                self._add_file(entry, path, parts, folder_real, canonical)
+            elif name.startswith("."):
                 continue
-            is_image = path.suffix.lower() in IMAGE_EXTENSIONS
-            if name.startswith(".") or (not parts and not is_image):
-                continue  # .DS_Store, and a root's README or synth.json, are not data
-            if not is_image:
-                skipped.append((str(path), SKIP_EXTENSION))
-            elif _size(path) == 0:
-                skipped.append((str(path), SKIP_EMPTY))
+            elif entry.is_symlink():
+                self.linked.append((path, (*parts, name)))
+            elif (real := os.path.join(folder_real, name)) in self.walked:
+                self.folders_skipped += 1  # a second way into a folder already walked (below a followed link)
             else:
-                link = entry.is_symlink()
-                real = os.path.realpath(path) if link else os.path.join(folder_real, name)
-                candidates.append((parts, path, real, canonical and not link))
+                self.walked.add(real)
+                subfolders.append((path, (*parts, name), real))
         return subfolders
 
-    def walk(queue: list[tuple[Path, tuple[str, ...], str]], canonical: bool) -> None:
-        while queue:  # depth first, in name order, like os.walk
-            folder, parts, folder_real = queue.pop()
-            queue.extend(reversed(scan(folder, parts, folder_real, canonical)))
+    def _add_file(
+        self, entry: os.DirEntry, path: Path, parts: tuple[str, ...], folder_real: str, canonical: bool
+    ) -> None:
+        name = entry.name
+        is_image = path.suffix.lower() in IMAGE_EXTENSIONS
+        if name.startswith(".") or (not parts and not is_image):
+            return  # .DS_Store, and a root's README or synth.json, are not data
+        if not is_image:
+            self.skipped.append((str(path), SKIP_EXTENSION))
+        elif _size(path) == 0:
+            self.skipped.append((str(path), SKIP_EMPTY))
+        else:
+            link = entry.is_symlink()
+            real = os.path.realpath(path) if link else os.path.join(folder_real, name)
+            self.candidates.append((parts, path, real, canonical and not link))
 
-    walk(own, canonical=True)
-    while linked:  # links met below a followed link queue up here too; each real folder is walked once
-        path, parts = linked.popleft()
-        real = os.path.realpath(path)
-        if real in walked:
-            folders_skipped += 1  # a link loop, a link back into the dataset, or a second link to one folder
-            continue
-        walked.add(real)
-        walk([(path, parts, real)], canonical=False)
 
-    # one entry per real file: the name without a symlink if any, else the first met
+def _one_name_per_file(
+    candidates: list[tuple[tuple[str, ...], Path, str, bool]],
+) -> list[tuple[tuple[str, ...], Path]]:
+    """One entry per real file: the name reached without a symlink if there is one, else the first met."""
     chosen: dict[str, int] = {}
     for i, (_, _, real, canonical) in enumerate(candidates):
         if real not in chosen or (canonical and not candidates[chosen[real]][3]):
             chosen[real] = i
-    files = [(parts, file) for i, (parts, file, real, _) in enumerate(candidates) if chosen[real] == i]
-    duplicates = len(candidates) - len(files)
-    if folders_skipped or duplicates:
-        logger.warning(
-            "%s: skipped %d symlinked folders already walked under another name (a link loop, a link back into the "
-            "dataset or a second link to one folder) and %d images reached under a second name; each image is "
-            "indexed once",
-            root,
-            folders_skipped,
-            duplicates,
-        )
-    return files, skipped
+    return [(parts, file) for i, (parts, file, real, _) in enumerate(candidates) if chosen[real] == i]
 
 
 def _size(file: Path) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aigi.checkpoint import save_meta
+from aigi.checkpoint import CheckpointMeta, save_meta
 from aigi.errors import DatasetError
 from aigi.labels import REAL, p_fake, target_index
 from aigi.training.augment import downscale, gaussian_blur, jpeg_compress
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILENAME = "predictions.jsonl"
 REPORT_FILENAME = "report.json"
+# the metrics stored in aigi.json and tabled per perturbation
+HEADLINE_KEYS = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy")
 
 PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "jpeg_q95": lambda image: jpeg_compress(image, 95),
@@ -162,8 +164,9 @@ def score_split(
     return metrics, plots
 
 
-def _index_settings(meta) -> dict[str, Any]:
-    hyper = meta.training.get("hyperparameters", {})
+def _index_settings(meta: CheckpointMeta) -> dict[str, Any]:
+    """The split settings the run was trained with, so val and test are the same images training held out."""
+    hyper = meta.training.hyperparameters
     return {
         "val_fraction": float(hyper.get("val_fraction", 0.1)),
         "test_fraction": float(hyper.get("test_fraction", 0.1)),
@@ -243,11 +246,22 @@ def evaluate(
     report["files"] = write_report(report, plots, out)
     (out / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
 
+    _store_calibration(checkpoint, meta, threshold, calibration, test_metrics)
+    _log_test(test_metrics, threshold, out)
+    return report
+
+
+def _store_calibration(
+    checkpoint: str | Path, meta: CheckpointMeta, threshold: float, calibration: dict[str, Any], test: dict[str, Any]
+) -> None:
+    """Write the calibrated threshold, its calibration record and the headline test metrics into ``aigi.json``."""
     meta.threshold = threshold
     meta.calibration = calibration
-    keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy")
-    meta.metrics = {**meta.metrics, "test": {k: test_metrics[k] for k in keys if k in test_metrics}}
+    meta.metrics = {**meta.metrics, "test": {k: test[k] for k in HEADLINE_KEYS if k in test}}
     save_meta(checkpoint, meta)
+
+
+def _log_test(test_metrics: dict[str, Any], threshold: float, out: Path) -> None:
     logger.info(
         "test: accuracy %.4f (real %.4f, fake %.4f), AP %.4f, AUC %.4f%s; threshold %.4f; wrote %s",
         test_metrics["accuracy"] or 0.0,
@@ -259,16 +273,14 @@ def evaluate(
         threshold,
         out,
     )
-    return report
 
 
 def _robustness(scorer: _Scorer, images, samples, meta, threshold: float, clean: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc", "attribution_accuracy")
-    table = {"clean": {k: clean.get(k) for k in keys if k in clean}}
+    table = {"clean": {k: clean.get(k) for k in HEADLINE_KEYS if k in clean}}
     for name, transform in PERTURBATIONS.items():
         probs = scorer.probs(images, name, transform=transform)
         metrics, _ = score_split(probs, samples, meta.labels, meta.task, threshold)
-        table[name] = {k: metrics.get(k) for k in keys if k in metrics}
+        table[name] = {k: metrics.get(k) for k in HEADLINE_KEYS if k in metrics}
     return table
 
 

@@ -31,27 +31,47 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """Render the report as Markdown."""
+    """Render an evaluation report (see :func:`aigi.training.evaluate.evaluate`) as Markdown.
+
+    Sections: the run and calibration, the test split's metrics, per-class rates, the confusion matrix, the
+    robustness table when present, and links to the plots named in ``report["files"]``.
+    """
     test = report["test"]
+    lines = _overview(report)
+    lines += ["## Test split", ""] + _table(["metric", "value"], _metric_rows(test))
+    lines += ["## Per class", ""] + _per_class_table(test["per_class"])
+    lines += ["## Confusion matrix (rows: true, columns: predicted)", ""] + _confusion_table(test["confusion_matrix"])
+    if "robustness" in report:
+        lines += ["## Robustness (test split, same threshold)", ""] + _robustness_table(report["robustness"])
+    files = report.get("files", {})
+    if files:
+        lines += ["## Plots", ""] + [f"![{name}]({path})" for name, path in files.items() if path.endswith(".png")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _overview(report: dict[str, Any]) -> list[str]:
     cal = report["calibration"]
-    lines = [
+    calibrated = (
+        f", target FPR {cal['target_fpr']:.3f} on {cal['n_val_real']} val real images, "
+        f"achieved {cal['achieved_fpr']:.3f}"
+        if cal.get("method") == "val_real_fpr"
+        else ""
+    )
+    return [
         "# aigi evaluation",
         "",
         f"- checkpoint: `{report['checkpoint']}`",
         f"- data: `{report['data']}`",
         f"- task: {report['task']}; labels: {', '.join(report['labels'])}",
         f"- threshold: {report['threshold']:.6f} (is_fake = p_fake >= threshold), calibration: {cal.get('method')}"
-        + (
-            f", target FPR {cal['target_fpr']:.3f} on {cal['n_val_real']} val real images, "
-            f"achieved {cal['achieved_fpr']:.3f}"
-            if cal.get("method") == "val_real_fpr"
-            else ""
-        ),
+        + calibrated,
         f"- skipped (undecodable) files: {report['skipped_files']}",
         "",
-        "## Test split",
-        "",
     ]
+
+
+def _metric_rows(test: dict[str, Any]) -> list[list[str]]:
     rows = [
         ["accuracy", _pct(test["accuracy"])],
         ["accuracy at threshold 0.5", _pct(test.get("accuracy_at_0.5"))],
@@ -66,49 +86,40 @@ def markdown(report: dict[str, Any]) -> str:
             ["attribution accuracy (fakes)", _pct(test["attribution_accuracy_fakes"])],
         ]
     rows.append(["images (real / fake)", f"{test['n']} ({test['n_real']} / {test['n_fake']})"])
-    lines += _table(["metric", "value"], rows)
-    lines += ["## Per class", ""]
-    class_rows = []
-    for name, entry in test["per_class"].items():
+    return rows
+
+
+def _per_class_table(per_class: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for name, entry in per_class.items():
         if "called_real" in entry:
-            class_rows.append([name, str(entry["n"]), f"called real {_pct(entry['called_real'])}", "", ""])
+            rows.append([name, str(entry["n"]), f"called real {_pct(entry['called_real'])}", "", ""])
         else:
-            class_rows.append(
-                [
-                    name,
-                    str(entry["n"]),
-                    f"called fake {_pct(entry['called_fake'])}",
-                    _num(entry["average_precision"]),
-                    _num(entry["roc_auc"]),
-                ]
-            )
-    lines += _table(["class", "n", "accuracy", "AP vs real", "AUC vs real"], class_rows)
-    matrix = test["confusion_matrix"]
+            called = f"called fake {_pct(entry['called_fake'])}"
+            rows.append([name, str(entry["n"]), called, _num(entry["average_precision"]), _num(entry["roc_auc"])])
+    return _table(["class", "n", "accuracy", "AP vs real", "AUC vs real"], rows)
+
+
+def _confusion_table(matrix: dict[str, Any]) -> list[str]:
     labels = matrix["labels"]
-    lines += ["## Confusion matrix (rows: true, columns: predicted)", ""]
     rows = matrix["rows_true_cols_predicted"]
-    lines += _table(
-        ["true \\ predicted", *labels], [[label, *map(str, row)] for label, row in zip(labels, rows, strict=True)]
-    )
-    if "robustness" in report:
-        lines += ["## Robustness (test split, same threshold)", ""]
-        header = ["condition", "accuracy", "real acc", "fake acc", "AP", "AUC"]
-        has_attr = any("attribution_accuracy" in row for row in report["robustness"].values())
+    body = [[label, *map(str, row)] for label, row in zip(labels, rows, strict=True)]
+    return _table(["true \\ predicted", *labels], body)
+
+
+def _robustness_table(table: dict[str, dict[str, Any]]) -> list[str]:
+    header = ["condition", "accuracy", "real acc", "fake acc", "AP", "AUC"]
+    has_attr = any("attribution_accuracy" in row for row in table.values())
+    if has_attr:
+        header.append("attribution")
+    body = []
+    for name, row in table.items():
+        cells = [name, _pct(row.get("accuracy")), _pct(row.get("real_accuracy")), _pct(row.get("fake_accuracy"))]
+        cells += [_num(row.get("average_precision")), _num(row.get("roc_auc"))]
         if has_attr:
-            header.append("attribution")
-        body = []
-        for name, row in report["robustness"].items():
-            cells = [name, _pct(row.get("accuracy")), _pct(row.get("real_accuracy")), _pct(row.get("fake_accuracy"))]
-            cells += [_num(row.get("average_precision")), _num(row.get("roc_auc"))]
-            if has_attr:
-                cells.append(_pct(row.get("attribution_accuracy")))
-            body.append(cells)
-        lines += _table(header, body)
-    files = report.get("files", {})
-    if files:
-        lines += ["## Plots", ""] + [f"![{name}]({path})" for name, path in files.items() if path.endswith(".png")]
-        lines.append("")
-    return "\n".join(lines)
+            cells.append(_pct(row.get("attribution_accuracy")))
+        body.append(cells)
+    return _table(header, body)
 
 
 def _plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aigi.checkpoint import METRICS_FILENAME, CheckpointMeta, write_json_atomic
+from aigi.checkpoint import (
+    METRICS_FILENAME,
+    ArchitectureMeta,
+    CheckpointMeta,
+    TrainingSummary,
+    save_meta,
+    write_json_atomic,
+)
 from aigi.errors import DatasetError
 from aigi.labels import labels_for_task, target_index
 from aigi.preprocessing import PreprocessSpec
@@ -191,9 +198,16 @@ def _subsample(samples: list, limit: int | None, seed: int) -> list:
     return [samples[i] for i in keep]
 
 
-def _train_epoch(model, loader, optimizer, scheduler, scaler, amp_dtype, config, dist_info, epoch) -> dict[str, float]:
+def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """One pass over the training loader, stepping the optimizer every ``grad_accum`` batches.
+
+    Returns:
+        ``train_loss``, ``train_accuracy``, ``train_images`` (summed over ranks), ``train_time_s``, ``images_per_s``.
+    """
     from tqdm import tqdm
 
+    config, dist_info, opt = run.config, run.dist, run.opt
+    model, loader = opt.model, run.data.train_loader
     model.train()
     device = dist_info.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -204,32 +218,20 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, amp_dtype, config,
     show = config.progress and dist_info.main
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not show)
     started = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
+    opt.optimizer.zero_grad(set_to_none=True)
     for step, (pixels, targets) in enumerate(loader):
         pixels = pixels.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum == 0 or step + 1 == steps
         sync = contextlib.nullcontext() if update or dist_info.world_size == 1 else model.no_sync()
-        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        autocast = torch.autocast(device.type, dtype=opt.amp_dtype) if opt.amp_dtype else contextlib.nullcontext()
         with sync:
             with autocast:
                 logits = model(pixels)
             loss = F.cross_entropy(logits.float(), targets)
-            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+            (opt.scaler.scale(loss / accum) if opt.scaler else loss / accum).backward()
         if update:
-            if config.clip_grad:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for group in optimizer.param_groups for p in group["params"]], config.clip_grad
-                )
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            _optimizer_step(opt, config.clip_grad)
         batch = targets.shape[0]
         seen += batch
         loss_sum += loss.detach().double() * batch
@@ -252,6 +254,22 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, amp_dtype, config,
         "train_time_s": elapsed,
         "images_per_s": total_seen / elapsed if elapsed > 0 else 0.0,
     }
+
+
+def _optimizer_step(opt: _Optimization, clip_grad: float | None) -> None:
+    """Clip (after unscaling fp16 gradients), step the optimizer and the LR schedule, clear the gradients."""
+    optimizer, scaler = opt.optimizer, opt.scaler
+    if clip_grad:
+        if scaler:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip_grad)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    opt.scheduler.step()
 
 
 def _validate(model, loader, amp_dtype, dist_info) -> dict[str, float | None]:
@@ -286,7 +304,76 @@ def _dataset_summary(index) -> dict[str, Any]:
         return {}
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- what a run is built from
+
+
+@dataclass
+class _Data:
+    """The decoded training and validation splits, ready to iterate."""
+
+    index: Any  # the DatasetIndex the splits came from
+    labels: list[str]
+    train_set: ImageDataset
+    val_set: ImageDataset
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    skipped: list[tuple[Any, Any]]  # (path, reason) of the files that did not decode, train then val
+
+
+@dataclass
+class _Model:
+    """The detector on its device, and how it was built."""
+
+    detector: torch.nn.Module
+    arch: ArchitectureMeta
+    spec: PreprocessSpec
+    trainable: int  # parameters the fine-tuning mode trains
+    grad_checkpointing: bool
+
+
+@dataclass
+class _Optimization:
+    """The module a step runs (the detector, or its DDP wrapper), the optimizer, its schedule and precision."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    lr: float
+
+
+@dataclass
+class TrainingState:
+    """How far a run has got; restored by ``--resume`` and saved to ``RUN_DIR/last`` after every epoch.
+
+    Attributes:
+        history: one record per epoch run (``epoch``, ``lr``, losses, accuracies, timings).
+        best: the record of the best epoch so far (val accuracy, ties broken by val loss), or ``None``.
+        start_epoch: epochs already run when this process started.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    start_epoch: int = 0
+
+
+@dataclass
+class _Run:
+    """Everything the epoch loop needs, built once by :func:`train`."""
+
+    config: TrainConfig
+    out: Path
+    dist: _Dist
+    data: _Data
+    net: _Model
+    opt: _Optimization
+    summary: TrainingSummary  # what is known before the first epoch; see _summary_now for the progress fields
+    state: TrainingState
+
+
+def train(config: TrainConfig) -> TrainingSummary:
     """Train a detector into ``config.out`` and return the training summary (also in ``aigi.json``).
 
     Raises:
@@ -294,21 +381,42 @@ def train(config: TrainConfig) -> dict[str, Any]:
         ModelSourceError: ``config.model`` cannot be resolved.
         CheckpointError: ``--resume`` without a resumable state.
     """
-    from aigi.training.datasets import index_dataset
-
     out = Path(config.out)
-    saved = None
-    if config.resume:
-        saved = read_state(out)
-        runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
-        known = {f.name for f in fields(TrainConfig)}
-        config = TrainConfig(**{**{k: v for k, v in saved["config"].items() if k in known}, **runtime})
+    config, saved = _resolve_config(config, out)
     config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
     dist_info = _setup_distributed(config.device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
+
+    index, labels, index_train = _index_training_data(config)
+    net = _build_model(config, saved, len(labels), dist_info.device)
+    data = _prepare_data(config, index, labels, index_train, net.spec, dist_info)
+    opt = _build_optimization(config, net.detector, len(data.train_loader), dist_info)
+    state = _restore_training_state(out, saved, net.detector, opt, config.epochs)
+    run = _Run(config, out, dist_info, data, net, opt, _initial_summary(config, data, net, opt, dist_info), state)
+    _log_start(run)
+    _run_epochs(run)
+    return _finish(run, started).training
+
+
+def _resolve_config(config: TrainConfig, out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The config to run, and the resumable state when resuming.
+
+    On ``--resume`` the config saved in ``out/last`` is used, with this invocation's :data:`RUNTIME_FIELDS`.
+    """
+    if not config.resume:
+        return config, None
+    saved = read_state(out)
+    runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in saved["config"].items() if k in known}, **runtime}), saved
+
+
+def _index_training_data(config: TrainConfig) -> tuple[Any, list[str], list]:
+    """Index ``config.data``; returns the index, the model's labels and the (subsampled) training samples."""
+    from aigi.training.datasets import index_dataset
 
     index = index_dataset(
         config.data,
@@ -321,21 +429,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
     index_train = _subsample(index.split("train"), config.max_train_images, config.seed)
     if not index_train:
         raise DatasetError(f"{config.data}: no training images")
+    return index, labels, index_train
 
+
+def _build_model(config: TrainConfig, saved: dict[str, Any] | None, num_labels: int, device: torch.device) -> _Model:
+    """Create the detector (or rebuild the saved architecture), set its fine-tuning mode and move it to ``device``."""
     if saved is not None:
-        from aigi.checkpoint import ArchitectureMeta
-
         arch = ArchitectureMeta(**saved["architecture"])
-        detector = build_from_meta(arch, len(labels))
+        detector = build_from_meta(arch, num_labels)
     else:
-        detector, arch = create_detector(config.model, len(labels), seed=config.seed)
+        detector, arch = create_detector(config.model, num_labels, seed=config.seed)
     spec = PreprocessSpec(size=detector.image_size)
     trainable = apply_finetune_mode(detector, config.finetune)
     grad_ckpt = _use_grad_checkpointing(config.grad_checkpointing, config.model, arch.vision_config)
     if grad_ckpt:
         _enable_grad_checkpointing(detector.vision)
-    detector.to(dist_info.device)
+    detector.to(device)
+    return _Model(detector, arch, spec, trainable, grad_ckpt)
 
+
+def _prepare_data(
+    config: TrainConfig, index: Any, labels: list[str], index_train: list, spec: PreprocessSpec, dist_info: _Dist
+) -> _Data:
+    """Decode the training and validation images once and wrap them in this rank's loaders.
+
+    Raises:
+        DatasetError: no training image decodes, or the decoded ones hold a single class.
+    """
     from aigi.training.datasets import decode_samples
 
     progress = config.progress and dist_info.main
@@ -361,7 +481,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     val_loader = make_loader(
         val_set, ShardSampler(len(val_set), dist_info.rank, dist_info.world_size), config.batch_size, 0, pin
     )
+    skipped = train_skipped + val_skipped
+    return _Data(index, labels, train_set, val_set, sampler, train_loader, val_loader, skipped)
 
+
+def _build_optimization(
+    config: TrainConfig, detector: torch.nn.Module, loader_batches: int, dist_info: _Dist
+) -> _Optimization:
+    """Wrap the detector for DDP when several ranks run, and set up optimizer, warmup + cosine schedule and AMP."""
     model = detector
     if dist_info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -371,89 +498,81 @@ def train(config: TrainConfig) -> dict[str, Any]:
     lr = config.resolved_lr()
     optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    steps_per_epoch = math.ceil(loader_batches / config.grad_accum)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(config.epochs * steps_per_epoch, warmup_steps)
     )
     amp_dtype = _amp_dtype(config.amp, dist_info.device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return _Optimization(model, optimizer, scheduler, scaler, amp_dtype, lr)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    start_epoch = 0
-    if saved is not None:
-        document = restore_state(out, detector, optimizer, scheduler, scaler)
-        history, best, start_epoch = document["history"], document["best"], int(document["epoch"])
-        logger.info("resuming %s after epoch %d of %d", out, start_epoch, config.epochs)
 
-    n_params = sum(p.numel() for p in detector.parameters())
+def _restore_training_state(
+    out: Path, saved: dict[str, Any] | None, detector: torch.nn.Module, opt: _Optimization, epochs: int
+) -> TrainingState:
+    """A fresh state, or (resuming) the saved weights, optimizer, schedule, scaler, RNGs and history."""
+    if saved is None:
+        return TrainingState()
+    document = restore_state(out, detector, opt.optimizer, opt.scheduler, opt.scaler)
+    state = TrainingState(document["history"], document["best"], int(document["epoch"]))
+    logger.info("resuming %s after epoch %d of %d", out, state.start_epoch, epochs)
+    return state
+
+
+def _initial_summary(
+    config: TrainConfig, data: _Data, net: _Model, opt: _Optimization, dist_info: _Dist
+) -> TrainingSummary:
+    """The parts of the training summary known before the first epoch."""
+    index_skipped = getattr(data.index, "skipped", []) or []
+    return TrainingSummary(
+        data=str(config.data),
+        dataset=_dataset_summary(data.index),
+        images={"train": len(data.train_set), "val": len(data.val_set)},
+        skipped_files=len(data.skipped) + len(index_skipped),
+        skipped=[[str(p), str(r)] for p, r in data.skipped[:50]],
+        hyperparameters={**asdict(config), "lr": opt.lr, "grad_checkpointing_enabled": net.grad_checkpointing},
+        amp=str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else "off",
+        device=str(dist_info.device),
+        world_size=dist_info.world_size,
+        parameters=sum(p.numel() for p in net.detector.parameters()),
+        trainable_parameters=net.trainable,
+        epochs=config.epochs,
+    )
+
+
+def _log_start(run: _Run) -> None:
+    config, summary = run.config, run.summary
     logger.info(
         "training %s (%s, %.2fM params, %.2fM trainable) on %d images (%d val), %d classes, lr %.1e, %s, %d rank(s)",
         config.model,
         config.finetune,
-        n_params / 1e6,
-        trainable / 1e6,
-        len(train_set),
-        len(val_set),
-        len(labels),
-        lr,
-        dist_info.device,
-        dist_info.world_size,
+        summary.parameters / 1e6,
+        summary.trainable_parameters / 1e6,
+        len(run.data.train_set),
+        len(run.data.val_set),
+        len(run.data.labels),
+        run.opt.lr,
+        run.dist.device,
+        run.dist.world_size,
     )
-    summary_base = {
-        "data": str(config.data),
-        "dataset": _dataset_summary(index),
-        "images": {"train": len(train_set), "val": len(val_set)},
-        "skipped_files": len(train_skipped) + len(val_skipped) + len(getattr(index, "skipped", []) or []),
-        "skipped": [[str(p), str(r)] for p, r in (train_skipped + val_skipped)[:50]],
-        "hyperparameters": {**asdict(config), "lr": lr, "grad_checkpointing_enabled": grad_ckpt},
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-        "device": str(dist_info.device),
-        "world_size": dist_info.world_size,
-        "parameters": n_params,
-        "trainable_parameters": trainable,
-        "epochs": config.epochs,
-    }
 
-    def make_meta(done: bool) -> CheckpointMeta:
-        elapsed = sum(h["epoch_time_s"] for h in history)
-        train_time = sum(h["train_time_s"] for h in history)
-        images = sum(h["train_images"] for h in history)
-        peaks = [h["peak_gpu_memory_mb"] for h in history if h.get("peak_gpu_memory_mb") is not None]
-        training = {
-            **summary_base,
-            "completed": done,
-            "epochs_completed": len(history),
-            "best_epoch": best["epoch"] if best else None,
-            "time_s": round(elapsed, 2),
-            "images_per_s": round(images / train_time, 2) if train_time else None,
-            "peak_gpu_memory_mb": max(peaks) if peaks else None,
-        }
-        metrics = {k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")} if best else {}
-        return CheckpointMeta(
-            architecture=arch, task=config.task, labels=labels, preprocessing=spec, training=training, metrics=metrics
-        )
 
+# ----------------------------------------------------------------------------- the epoch loop
+
+
+def _run_epochs(run: _Run) -> None:
+    """Train from ``run.state.start_epoch`` to ``epochs`` (or ``stop_after_epochs`` more), saving after each."""
+    config, state = run.config, run.state
     stop_at = config.epochs
     if config.stop_after_epochs is not None:
-        stop_at = min(config.epochs, start_epoch + config.stop_after_epochs)
-    for epoch in range(start_epoch, stop_at):
-        epoch_started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        if dist_info.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dist_info.device)
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update(
-            _train_epoch(model, train_loader, optimizer, scheduler, scaler, amp_dtype, config, dist_info, epoch)
-        )
-        record.update(_validate(detector, val_loader, amp_dtype, dist_info))
-        record["peak_gpu_memory_mb"] = _peak_memory_mb(dist_info.device)
-        record["epoch_time_s"] = time.perf_counter() - epoch_started
-        history.append(record)
-        improved = _is_better(record, best)
+        stop_at = min(config.epochs, state.start_epoch + config.stop_after_epochs)
+    for epoch in range(state.start_epoch, stop_at):
+        record = _run_epoch(run, epoch)
+        state.history.append(record)
+        improved = _is_better(record, state.best)
         if improved:
-            best = dict(record)
+            state.best = dict(record)
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | %.1f img/s | %.0f s%s",
             epoch + 1,
@@ -466,42 +585,97 @@ def train(config: TrainConfig) -> dict[str, Any]:
             record["epoch_time_s"],
             " (best)" if improved else "",
         )
-        if dist_info.main:
-            if improved:
-                save_checkpoint(out, detector, make_meta(done=False))
-            payload = {
-                "epoch": epoch + 1,
-                "config": asdict(config),
-                "architecture": asdict(arch),
-                "labels": labels,
-                "history": history,
-                "best": best,
-            }
-            save_state(out, detector, optimizer, scheduler, scaler, payload)
-            write_json_atomic(out / METRICS_FILENAME, {"history": history, "best_epoch": best["epoch"]})
+        if run.dist.main:
+            _save_progress(run, epoch, improved)
 
-    done = len(history) >= config.epochs
-    meta = make_meta(done)
-    if dist_info.main:
-        from aigi.checkpoint import save_meta
 
-        save_meta(out, meta)
-    if dist_info.world_size > 1:
+def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train one epoch and validate; returns the epoch's record for the history."""
+    epoch_started = time.perf_counter()
+    run.data.sampler.set_epoch(epoch)
+    device = run.dist.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": run.opt.optimizer.param_groups[0]["lr"]}
+    record.update(_train_epoch(run, epoch))
+    record.update(_validate(run.net.detector, run.data.val_loader, run.opt.amp_dtype, run.dist))
+    record["peak_gpu_memory_mb"] = _peak_memory_mb(device)
+    record["epoch_time_s"] = time.perf_counter() - epoch_started
+    return record
+
+
+def _save_progress(run: _Run, epoch: int, improved: bool) -> None:
+    """Rank 0 after an epoch: the checkpoint if it improved, the resumable state and ``metrics.json``."""
+    state = run.state
+    if improved:
+        save_checkpoint(run.out, run.net.detector, _make_meta(run, done=False))
+    payload = {
+        "epoch": epoch + 1,
+        "config": asdict(run.config),
+        "architecture": asdict(run.net.arch),
+        "labels": run.data.labels,
+        "history": state.history,
+        "best": state.best,
+    }
+    save_state(run.out, run.net.detector, run.opt.optimizer, run.opt.scheduler, run.opt.scaler, payload)
+    write_json_atomic(run.out / METRICS_FILENAME, {"history": state.history, "best_epoch": state.best["epoch"]})
+
+
+def _summary_now(run: _Run, done: bool) -> TrainingSummary:
+    """The training summary with the progress so far: epochs run, best epoch, time, throughput, GPU memory."""
+    history, best = run.state.history, run.state.best
+    elapsed = sum(h["epoch_time_s"] for h in history)
+    train_time = sum(h["train_time_s"] for h in history)
+    images = sum(h["train_images"] for h in history)
+    peaks = [h["peak_gpu_memory_mb"] for h in history if h.get("peak_gpu_memory_mb") is not None]
+    return replace(
+        run.summary,
+        completed=done,
+        epochs_completed=len(history),
+        best_epoch=best["epoch"] if best else None,
+        time_s=round(elapsed, 2),
+        images_per_s=round(images / train_time, 2) if train_time else None,
+        peak_gpu_memory_mb=max(peaks) if peaks else None,
+    )
+
+
+def _make_meta(run: _Run, done: bool) -> CheckpointMeta:
+    """``aigi.json`` for the best epoch so far."""
+    best = run.state.best
+    metrics = {k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")} if best else {}
+    return CheckpointMeta(
+        architecture=run.net.arch,
+        task=run.config.task,
+        labels=run.data.labels,
+        preprocessing=run.net.spec,
+        training=_summary_now(run, done),
+        metrics=metrics,
+    )
+
+
+def _finish(run: _Run, started: float) -> CheckpointMeta:
+    """Write the final ``aigi.json`` (rank 0), leave the process group, log the outcome; returns the metadata."""
+    done = len(run.state.history) >= run.config.epochs
+    meta = _make_meta(run, done)
+    if run.dist.main:
+        save_meta(run.out, meta)
+    if run.dist.world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
+    best = run.state.best
     logger.info(
         "%s after %d/%d epochs in %.0f s: best epoch %s, val accuracy %s; wrote %s",
         "finished" if done else "stopped",
-        len(history),
-        config.epochs,
+        len(run.state.history),
+        run.config.epochs,
         time.perf_counter() - started,
-        meta.training["best_epoch"],
+        meta.training.best_epoch,
         _fmt(best["val_accuracy"] if best else None),
-        out,
+        run.out,
     )
-    return meta.training
+    return meta
 
 
 def _peak_memory_mb(device: torch.device) -> float | None:
