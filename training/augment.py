@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from aigi.errors import SettingsError
 from aigi.preprocessing import PreprocessSpec, fit_and_crop, fitted_size
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class AugmentConfig:
         for name in ("contrast_prob", "jpeg_prob", "blur_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+                raise SettingsError(f"{name} must lie in [0, 1], got {value}")
 
 
 def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:

@@ -67,11 +67,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    try:
-        summary = train(config)
-    except ValueError as exc:
-        print(f"aigi train: error: {exc}", file=sys.stderr)
-        return 2
+    summary = train(config)  # our own errors (AigiError) become one line in aigi.cli; anything else is a bug
     print(
         f"trained {summary.epochs_completed}/{summary.epochs} epochs in {summary.time_s or 0:.0f} s "
         f"({summary.images_per_s or 0:.1f} img/s); best epoch {summary.best_epoch}; wrote {args.out}"
@@ -82,22 +78,18 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from aigi.training.evaluate import evaluate
 
-    try:
-        report = evaluate(
-            args.checkpoint,
-            args.data,
-            args.out,
-            target_fpr=args.target_fpr,
-            robustness=args.robustness,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=args.device,
-            allow_outside_root=args.allow_outside_root,
-            progress=not args.quiet,
-        )
-    except ValueError as exc:
-        print(f"aigi eval: error: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate(
+        args.checkpoint,
+        args.data,
+        args.out,
+        target_fpr=args.target_fpr,
+        robustness=args.robustness,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        allow_outside_root=args.allow_outside_root,
+        progress=not args.quiet,
+    )
     test = report["test"]
     keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc")
     keys += ("attribution_accuracy", "attribution_accuracy_fakes")

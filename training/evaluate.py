@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from aigi.checkpoint import CheckpointMeta, save_meta
-from aigi.errors import DatasetError
+from aigi.errors import DatasetError, SettingsError
 from aigi.labels import REAL, p_fake, target_index
 from aigi.training.augment import downscale, gaussian_blur, jpeg_compress
 from aigi.training.metrics import (
@@ -210,7 +210,7 @@ def evaluate(
     from aigi.training.report import write_report
 
     if not 0.0 <= target_fpr <= 1.0:
-        raise ValueError(f"target FPR must lie in [0, 1], got {target_fpr}")
+        raise SettingsError(f"target FPR must lie in [0, 1], got {target_fpr}")
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     detector, meta = load_checkpoint(checkpoint, torch_device)
     index = index_dataset(data, **_index_settings(meta), allow_outside_root=allow_outside_root)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from aigi.errors import SettingsError
+
 logger = logging.getLogger(__name__)
 
 
@@ -84,7 +86,7 @@ def threshold_for_fpr(real_scores: Sequence[float] | np.ndarray, target_fpr: flo
         ValueError: no real scores, or a target outside ``[0, 1]``.
     """
     if not 0.0 <= target_fpr <= 1.0:
-        raise ValueError(f"target FPR must lie in [0, 1], got {target_fpr}")
+        raise SettingsError(f"target FPR must lie in [0, 1], got {target_fpr}")
     s = np.sort(np.asarray(real_scores, dtype=np.float32).ravel())[::-1]
     if s.size == 0:
         raise ValueError("no real images to calibrate a threshold on")

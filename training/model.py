@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigi.checkpoint import WEIGHTS_FILENAME, ArchitectureMeta, CheckpointMeta, load_meta, save_meta
-from aigi.errors import CheckpointError, ModelSourceError
+from aigi.errors import CheckpointError, ModelSourceError, SettingsError
 from aigi.training.presets import get_preset
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Detector(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise SettingsError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.vision = vision
         self.pooling = pooling
         if residual_stem:
@@ -218,13 +218,13 @@ def apply_finetune_mode(detector: Detector, mode: str) -> int:
             try:
                 count = int(mode.split("-", 1)[1])
             except ValueError as exc:
-                raise ValueError(f"fine-tune mode must be {FINETUNE_MODES_HELP}, got {mode!r}") from exc
+                raise SettingsError(f"fine-tune mode must be {FINETUNE_MODES_HELP}, got {mode!r}") from exc
             layers = detector.vision.encoder.layers
             if not 1 <= count <= len(layers):
-                raise ValueError(f"{mode}: the tower has {len(layers)} blocks")
+                raise SettingsError(f"{mode}: the tower has {len(layers)} blocks")
             trainable += [*layers[-count:], detector.vision.post_layernorm]
         elif mode != "linear":
-            raise ValueError(f"fine-tune mode must be {FINETUNE_MODES_HELP}, got {mode!r}")
+            raise SettingsError(f"fine-tune mode must be {FINETUNE_MODES_HELP}, got {mode!r}")
         for module in trainable:
             for parameter in module.parameters():
                 parameter.requires_grad = True

@@ -30,7 +30,7 @@ from aigi.checkpoint import (
     save_meta,
     write_json_atomic,
 )
-from aigi.errors import DatasetError
+from aigi.errors import DatasetError, SettingsError
 from aigi.labels import labels_for_task, target_index
 from aigi.preprocessing import PreprocessSpec
 from aigi.training.augment import AugmentConfig
@@ -93,15 +93,15 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` on settings that cannot work."""
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("epochs, batch size and grad accumulation must be at least 1")
+            raise SettingsError("epochs, batch size and grad accumulation must be at least 1")
         if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+            raise SettingsError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+            raise SettingsError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.grad_checkpointing not in ("auto", "on", "off"):
-            raise ValueError(f"grad checkpointing must be auto, on or off, got {self.grad_checkpointing!r}")
+            raise SettingsError(f"grad checkpointing must be auto, on or off, got {self.grad_checkpointing!r}")
         if self.warmup_epochs < 0:
-            raise ValueError("warmup epochs must not be negative")
+            raise SettingsError("warmup epochs must not be negative")
 
 
 @dataclass
