@@ -14,20 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from aigi.errors import ServerError
+from aigi.triton_image import TRITON_IMAGE
 
 logger = logging.getLogger(__name__)
-
-# used only when the export helper's constant cannot be imported
-FALLBACK_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.06-py3"
-
-
-def triton_image() -> str:
-    """The Triton container tag the export stage pins (``aigi.export.tensorrt_build.TRITON_IMAGE``)."""
-    try:
-        from aigi.export.tensorrt_build import TRITON_IMAGE
-    except ImportError:
-        return FALLBACK_TRITON_IMAGE
-    return str(TRITON_IMAGE)
 
 
 def docker_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int) -> str:
@@ -35,7 +24,7 @@ def docker_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int
     return (
         f"docker run --gpus all --rm --shm-size=1g "
         f"-p {http_port}:8000 -p {grpc_port}:8001 -p {metrics_port}:8002 "
-        f"-v {repo.resolve()}:/models {triton_image()} "
+        f"-v {repo.resolve()}:/models {TRITON_IMAGE} "
         "tritonserver --model-repository=/models"
     )
 

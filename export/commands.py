@@ -23,6 +23,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export`` and ``repo check`` to the ``aigi`` parser."""
+    from aigi.export.parity import MIN_AGREEMENT  # light: numpy and the core
     from aigi.export.triton_config import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS  # light: no protobuf
 
     export = subparsers.add_parser(
@@ -53,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--all-variants", action="store_true", help="build and check FP16 and INT8 even if not served")
     export.add_argument("--no-timing", action="store_true", help="skip timing ONNX Runtime's optimization levels")
     export.add_argument("--intra-op-threads", type=int, default=0, help="aigi_cpu: ONNX Runtime threads (0: default)")
+    export.add_argument(
+        "--min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        help="smallest argmax and is_fake agreement with PyTorch on the parity images that a variant may have "
+        f"(default {MIN_AGREEMENT}: on fewer than 100 images every decision must agree; lower it for an INT8 "
+        "model whose parity images sit near the threshold)",
+    )
     export.add_argument(
         "--max-queue-size",
         type=int,
@@ -112,6 +121,7 @@ def _export(args: argparse.Namespace) -> int:
         intra_op_threads=args.intra_op_threads,
         max_queue_size=args.max_queue_size,
         queue_timeout_ms=args.queue_timeout_ms,
+        min_agreement=args.min_agreement,
     )
     report = run_export(options)
     print(f"wrote {args.repo} ({report.backend}, {report.precision}); report: {args.repo}/{args.name}_EXPORT.md")

@@ -2,8 +2,9 @@
 
 Every variant (FP32 ONNX, FP16 ONNX, INT8 ONNX, TensorRT engine) runs on the same inputs: random
 ``pixel_values`` at a few batch sizes plus real images through :func:`aigi.preprocessing.preprocess`. For
-each output the check reports the max absolute and relative difference; it passes when ``probs`` stays
-within the step's tolerance. Decision agreement (argmax and ``p_fake >= threshold``) is reported too.
+each output the check reports the max absolute and relative difference and the decision agreement (same argmax,
+same side of the threshold on ``p_fake``). It passes when ``probs`` stays within the step's tolerance *and* both
+agreements reach :data:`MIN_AGREEMENT`; on a parity set of fewer than 100 samples that means every decision agrees.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 REL_FLOOR = 1e-6
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2, "trt": 1e-2}
 RANDOM_BATCH_SIZES = (1, 7)
+# argmax and is_fake agreement with PyTorch a check must reach (the same bar as aigi bench's INT8 target)
+MIN_AGREEMENT = 0.99
 
 Outputs = dict[str, np.ndarray]
 
@@ -50,11 +53,26 @@ class ParityResult:
     is_fake_agreement: float
     samples: int
     batches: list[str] = field(default_factory=list)
+    min_agreement: float = MIN_AGREEMENT
 
     @property
     def passed(self) -> bool:
-        """``probs`` within tolerance."""
-        return self.max_abs["probs"] <= self.tolerance
+        """``probs`` within tolerance and both decision agreements at least ``min_agreement``."""
+        return self.failure() is None
+
+    def failure(self) -> str | None:
+        """Why the check failed (``None`` when it passed)."""
+        if not self.max_abs["probs"] <= self.tolerance:  # written so that NaN fails too
+            return (
+                f"{self.artifact} differs from PyTorch past tolerance: probs max abs "
+                f"{self.max_abs['probs']:.2e} > {self.tolerance:.0e}"
+            )
+        if min(self.argmax_agreement, self.is_fake_agreement) < self.min_agreement:
+            return (
+                f"{self.artifact} changes decisions against PyTorch: agreement argmax {self.argmax_agreement:.1%}, "
+                f"is_fake {self.is_fake_agreement:.1%} < {self.min_agreement:.0%} (n={self.samples})"
+            )
+        return None
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -154,7 +172,10 @@ def compare(
     threshold: float,
     batch_names: Sequence[str] = (),
 ) -> ParityResult:
-    """Max abs/rel difference per output and decision agreement of ``candidates`` against ``references``."""
+    """Max abs/rel difference per output and decision agreement of ``candidates`` against ``references``.
+
+    The result passes when ``probs`` is within ``tolerance`` and both agreements reach :data:`MIN_AGREEMENT`.
+    """
     max_abs = dict.fromkeys(OUTPUTS, 0.0)
     max_rel = dict.fromkeys(OUTPUTS, 0.0)
     argmax_same = fake_same = samples = 0
@@ -179,6 +200,7 @@ def compare(
         is_fake_agreement=fake_same / samples if samples else 1.0,
         samples=samples,
         batches=list(batch_names),
+        min_agreement=MIN_AGREEMENT,
     )
 
 

@@ -20,6 +20,7 @@ raised afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -72,6 +73,7 @@ class ExportOptions:
     intra_op_threads: int = 0
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
+    min_agreement: float = parity.MIN_AGREEMENT
 
     @property
     def resolved_precision(self) -> str:
@@ -177,7 +179,8 @@ class ExportContext:
 
     def check(self, artifact: str, run: Callable, tolerance: float) -> parity.ParityResult:
         """Run ``run`` on the parity batches and compare with PyTorch (see :func:`aigi.export.parity.check`)."""
-        return parity.check(artifact, run, self.batches, self.references, tolerance, float(self.meta.threshold))
+        result = parity.check(artifact, run, self.batches, self.references, tolerance, float(self.meta.threshold))
+        return dataclasses.replace(result, min_agreement=self.options.min_agreement)
 
 
 def _repository_spec(options: ExportOptions, meta: CheckpointMeta, context: ExportContext | None) -> RepositorySpec:

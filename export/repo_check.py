@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,9 @@ def _check_labels(directory: Path, config: TritonModelConfig, problems: list[str
             problems.append(f"{where}: {len(labels)} labels but output '{spec.name}' has {size} values")
 
 
-def _check_model(directory: Path, config: TritonModelConfig, problems: list[str], notes: list[str]) -> None:
+def _check_model(
+    directory: Path, config: TritonModelConfig, problems: list[str], notes: list[str], pending: Collection[str] = ()
+) -> None:
     name = directory.name
     where = f"{name}/{CONFIG_FILENAME}"
     if config.name and config.name != name:
@@ -179,7 +182,11 @@ def _check_model(directory: Path, config: TritonModelConfig, problems: list[str]
             continue
         filename = config.default_model_filename or DEFAULT_FILENAMES.get(platform, "")
         if filename and not (version / filename).is_file():
-            problems.append(f"{vwhere}/{filename}: missing ({platform} artifact)")
+            missing = f"{vwhere}/{filename}"
+            if missing in pending:
+                notes.append(f"{missing}: not built yet ({platform} artifact)")
+            else:
+                problems.append(f"{missing}: missing ({platform} artifact)")
         if platform == "onnxruntime" and (version / filename).is_file():
             _check_against_onnx(vwhere + "/" + filename, config, version / filename, problems)
         if platform == "python" and "onnx_file" in config.parameters:
@@ -271,8 +278,13 @@ def _check_ensemble(name: str, config: TritonModelConfig, configs: dict[str, Tri
             )
 
 
-def check_repository(repo: str | Path) -> CheckReport:
+def check_repository(repo: str | Path, pending: Collection[str] = ()) -> CheckReport:
     """Check every model folder of ``repo`` and the manifest; see the module docstring.
+
+    Args:
+        repo: the repository folder.
+        pending: artifacts (``model/version/file``, e.g. ``aigi_trt/1/model.plan``) known to be built later: their
+            absence is a note, not a problem.
 
     Raises:
         RepositoryError: ``repo`` is not a folder.
@@ -297,7 +309,7 @@ def check_repository(repo: str | Path) -> CheckReport:
             continue
         configs[directory.name] = config
         report.models.append(directory.name)
-        _check_model(directory, config, report.problems, report.notes)
+        _check_model(directory, config, report.problems, report.notes, pending)
     if not configs:
         report.problems.append(f"{repo}: no model folders (none has a {CONFIG_FILENAME})")
     for name, config in configs.items():

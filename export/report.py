@@ -9,12 +9,20 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from aigi import __version__
-from aigi.export.parity import OUTPUTS, ParityResult
+from aigi.export.parity import MIN_AGREEMENT, OUTPUTS, ParityResult
 
-STATUSES = ("ok", "failed", "skipped", "unavailable")
+
+class StepStatus(StrEnum):
+    """How a step ended; the value is what the JSON, the Markdown table and (upper-cased) the terminal show."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNAVAILABLE = "unavailable"  # TensorRT or a GPU is missing: the step's artifact is to be built elsewhere
 
 
 @dataclass
@@ -22,12 +30,15 @@ class StepReport:
     """What one step did."""
 
     step: str
-    status: str
+    status: StepStatus
     seconds: float = 0.0
     artifact: str = ""
     message: str = ""
     parity: ParityResult | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = StepStatus(self.status)  # a plain "ok" is accepted; anything else raises ValueError
 
     def line(self) -> str:
         """One status line for the terminal."""
@@ -42,7 +53,7 @@ class StepReport:
         """JSON-ready form."""
         return {
             "step": self.step,
-            "status": self.status,
+            "status": self.status.value,
             "seconds": round(self.seconds, 3),
             "artifact": self.artifact,
             "message": self.message,
@@ -88,6 +99,9 @@ class ExportReport:
         """Pretty JSON text."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
+    def _min_agreement(self) -> float:
+        return next((step.parity.min_agreement for step in self.steps if step.parity), MIN_AGREEMENT)
+
     def to_markdown(self) -> str:
         """Human-readable report."""
         lines = [
@@ -98,6 +112,8 @@ class ExportReport:
             f"- max batch: {self.max_batch}",
             f"- created: {self.created} (aigi {__version__})",
             f"- parity inputs: {self.parity_inputs.get('description', '')}",
+            f"- checks: `probs` within the step's tolerance, argmax and is_fake agreement with PyTorch at least "
+            f"{self._min_agreement():.0%}",
             "",
             "| step | status | time (s) | tolerance (probs) | "
             + " | ".join(f"{o} max abs / rel" for o in OUTPUTS)

@@ -6,7 +6,7 @@ FP32), not from a builder flag; TensorRT 11 only builds that way. One optimizati
 
 Engines load only in the TensorRT version, and on the GPU family, that built them, so ``build_engine.sh``
 (written next to the engine) runs ``trtexec`` inside the Triton image whose TensorRT matches the server.
-That image's tag is pinned in one place: :data:`TRITON_IMAGE`.
+That image's tag is pinned in one place, :data:`aigi.triton_image.TRITON_IMAGE` (re-exported here).
 
 ``tensorrt`` is imported lazily; this module imports without it.
 """
@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from aigi.errors import ExportError, TensorRTUnavailableError
+from aigi.triton_image import TRITON_IMAGE  # pinned in the core; importable from here too (build_engine.sh uses it)
 
 logger = logging.getLogger(__name__)
 
-# The one place the serving image is pinned: build_engine.sh and the serving docs use this tag.
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:26.06-py3"
 ENGINE_FILENAME = "model.plan"
 SIDECAR_FILENAME = "model.plan.json"
 FP16_ONNX_FILENAME = "model.fp16.onnx"

@@ -99,7 +99,11 @@ def test_int8_variant_within_tolerance_when_quantized(exported, tmp_path):
     assert ops["MatMulInteger"] > 0 or ops["DynamicQuantizeMatMul"] > 0
     result = parity.check("int8", parity.onnx_runner(int8), batches, references, parity.TOLERANCES["int8"], THRESHOLD)
     assert result.passed, result.summary()
-    assert 0.0 <= result.argmax_agreement <= 1.0
+    assert 0 < result.max_abs["probs"] <= parity.TOLERANCES["int8"]  # quantized for real, and within tolerance
+    # within tolerance means the same decisions too: both agreements are part of the check
+    assert result.argmax_agreement >= parity.MIN_AGREEMENT, result.summary()
+    assert result.is_fake_agreement >= parity.MIN_AGREEMENT, result.summary()
+    assert result.failure() is None
 
 
 def test_parity_fails_when_outputs_differ_past_tolerance(exported):
@@ -108,6 +112,35 @@ def test_parity_fails_when_outputs_differ_past_tolerance(exported):
     result = parity.compare("shifted", references, shifted, 1e-4, THRESHOLD)
     assert not result.passed
     assert result.max_abs["probs"] == pytest.approx(1e-3, rel=1e-3)
+
+
+def _near_tie_check(samples: int, flipped: int, tolerance: float) -> parity.ParityResult:
+    """Compare PyTorch outputs near an argmax tie with a candidate that flips ``flipped`` of them by 2e-3."""
+    probs = np.tile(np.array([[0.501, 0.499]], np.float32), (samples, 1))
+    moved = probs.copy()
+    moved[:flipped] = [0.499, 0.501]
+    reference = {"logits": np.log(probs), "probs": probs, "p_fake": 1.0 - probs[:, :1]}
+    candidate = {"logits": np.log(moved), "probs": moved, "p_fake": 1.0 - moved[:, :1]}
+    return parity.compare("model.int8.onnx", [reference], [candidate], tolerance, THRESHOLD)
+
+
+def test_parity_fails_when_decisions_flip_within_tolerance():
+    result = _near_tie_check(samples=8, flipped=1, tolerance=parity.TOLERANCES["int8"])
+    assert result.max_abs["probs"] <= result.tolerance  # numerically within tolerance ...
+    assert result.argmax_agreement == pytest.approx(7 / 8) and result.is_fake_agreement == 1.0
+    assert not result.passed  # ... but one decision in eight changed
+    assert result.failure() == (
+        "model.int8.onnx changes decisions against PyTorch: agreement argmax 87.5%, is_fake 100.0% < 99% (n=8)"
+    )
+    assert result.to_dict()["passed"] is False and result.to_dict()["min_agreement"] == parity.MIN_AGREEMENT
+
+
+def test_parity_allows_one_flip_in_a_hundred_when_agreement_is_99_percent():
+    assert parity.MIN_AGREEMENT == 0.99
+    one = _near_tie_check(samples=100, flipped=1, tolerance=parity.TOLERANCES["fp16"])
+    two = _near_tie_check(samples=100, flipped=2, tolerance=parity.TOLERANCES["fp16"])
+    assert one.argmax_agreement == 0.99 and one.passed, one.failure()
+    assert two.argmax_agreement == 0.98 and not two.passed
 
 
 def test_time_optimization_levels_reports_every_level_when_timed(exported):

@@ -20,6 +20,7 @@ from _export_helpers import LABELS, make_image_folder, make_tiny_checkpoint  # n
 from aigi.cli import main  # noqa: E402
 from aigi.errors import ExportError  # noqa: E402
 from aigi.export import parity, repo_writer  # noqa: E402
+from aigi.export.pipeline import STEPS  # noqa: E402
 from aigi.export.repo_check import check_repository  # noqa: E402
 from aigi.export.tensorrt_build import TRITON_IMAGE, tensorrt_missing  # noqa: E402
 from aigi.manifest import read_manifest, verify_manifest  # noqa: E402
@@ -85,13 +86,26 @@ def test_export_writes_contract_layout_when_backend_is_cpu(cpu_repo):
 def test_export_report_records_parity_and_corrupt_images_when_parity_data_given(cpu_repo):
     report = json.loads((cpu_repo / "aigi_export_report.json").read_text())
     steps = {step["step"]: step for step in report["steps"]}
-    assert steps["export"]["status"] == "ok"
+    assert {name: step["status"] for name, step in steps.items()} == {
+        "export": "ok",
+        "fp16": "skipped",
+        "int8": "skipped",
+        "optimize": "ok",
+        "trt": "skipped",
+        "repository": "ok",
+    }
+    assert list(steps) == list(STEPS)
     assert steps["export"]["parity"]["max_abs"]["probs"] <= 1e-4
     assert steps["export"]["parity"]["samples"] == 1 + 7 + 4
+    assert steps["export"]["parity"]["argmax_agreement"] == steps["export"]["parity"]["is_fake_agreement"] == 1.0
+    assert steps["export"]["parity"]["min_agreement"] == parity.MIN_AGREEMENT
+    assert steps["export"]["parity"]["passed"] is True
     assert steps["optimize"]["details"]["timing"]["chosen"] in ("disable", "basic", "extended", "all")
     assert len(report["parity_inputs"]["images_used"]) == 4
     assert len(report["parity_inputs"]["corrupt"]) == 1  # counted and named, not silently dropped
-    assert "| export | ok |" in (cpu_repo / "aigi_EXPORT.md").read_text()
+    markdown = (cpu_repo / "aigi_EXPORT.md").read_text()
+    assert "| export | ok |" in markdown and "| fp16 | skipped |" in markdown
+    assert "argmax and is_fake agreement with PyTorch at least 99%" in markdown
 
 
 def test_repo_check_accepts_repository_when_backend_is_cpu(cpu_repo, capsys):
@@ -186,8 +200,21 @@ def test_export_trt_exits_3_and_leaves_build_script_when_tensorrt_missing(checkp
     assert TRITON_IMAGE in script and "--stronglyTyped" in script
     assert "--minShapes=pixel_values:1x3x224x224" in script and "--maxShapes=pixel_values:16x3x224x224" in script
     assert "--timingCacheFile=" in script
+    report = json.loads((repo / "aigi_export_report.json").read_text())
+    statuses = [(step["step"], step["status"]) for step in report["steps"]]
+    assert statuses == [
+        ("export", "ok"),
+        ("fp16", "ok"),
+        ("int8", "skipped"),
+        ("optimize", "skipped"),
+        ("trt", "unavailable"),
+        ("repository", "ok"),
+    ]
+    assert report["steps"][-1]["message"].endswith("; model.plan to be built")
     problems = check_repository(repo).problems
     assert problems == ["aigi_trt/1/model.plan: missing (tensorrt_plan artifact)"]
+    pending = check_repository(repo, pending=["aigi_trt/1/model.plan"])  # what the export's own check expects
+    assert pending.ok and "aigi_trt/1/model.plan: not built yet (tensorrt_plan artifact)" in pending.notes
     # what build_engine.sh adds later is sealed into the manifest by `aigi repo manifest`
     (version / "model.plan").write_bytes(b"engine bytes")
     assert "aigi_trt/1/model.plan: not listed in MANIFEST.json (unexpected file)" in check_repository(repo).problems
@@ -219,9 +246,20 @@ def test_export_raises_parity_error_and_writes_nothing_when_tolerance_is_exceede
     assert _export(checkpoint, repo, "--backend", "cpu") == 2
     captured = capsys.readouterr()
     assert "export: model.onnx differs from PyTorch past tolerance" in captured.err
-    assert "FAILED" in captured.out  # the step line still shows the diffs
+    failed = [line for line in captured.out.splitlines() if line.startswith("export ")]
+    assert len(failed) == 1 and " FAILED " in failed[0] and "probs abs" in failed[0]  # the line shows the diffs
     assert not repo.exists() or not any(repo.iterdir())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_fails_and_writes_nothing_when_decision_agreement_is_too_low(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(parity, "MIN_AGREEMENT", 1.01)  # unreachable: every check's agreement falls short
+    repo = tmp_path / "repo"
+    assert _export(checkpoint, repo, "--backend", "cpu") == 2
+    captured = capsys.readouterr()
+    assert "export: model.onnx changes decisions against PyTorch: agreement argmax 100.0%" in captured.err
+    assert [line.split()[:2] for line in captured.out.splitlines()] == [["export", "FAILED"]]
+    assert not repo.exists() or not any(repo.iterdir())
 
 
 def test_export_rejects_precision_when_backend_lacks_it(checkpoint, tmp_path, capsys):
