@@ -133,7 +133,7 @@ def _bench(args: argparse.Namespace) -> int:
         **settings,
     )
     results = run_bench(config)
-    ok = [cell for cell in results["cells"] if cell.get("status") == "ok"]
+    ok = [cell for cell in results["cells"] if cell.ok]
     skipped = [name for name, entry in results["runtimes"].items() if entry["status"] != "ok"]
     print(
         f"{len(ok)} cells over {len(results['runtimes']) - len(skipped)} runtimes"

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from aigi import __version__
-from aigi.benchmarks import perf_analyzer
+from aigi.benchmarks import metrics_scrape, perf_analyzer
 from aigi.benchmarks.agreement import agreement_on, agreement_rebuilt
 from aigi.benchmarks.artifacts import ArtifactStore, random_checkpoint, same_architecture
+from aigi.benchmarks.cells import BenchCell, RequestsMismatch, TritonSplit
 from aigi.benchmarks.lifecycle import memory_probe, safe_info, setup_runtime, teardown
 from aigi.benchmarks.runtimes import (
     BASELINE,
@@ -193,44 +194,16 @@ class Harness:
 
     def _run(self, the_plan: _Plan, environment: dict, workdir: Path) -> dict[str, Any]:
         from aigi.benchmarks.flops import gflops_per_image, measure_matmul_peak
+        from aigi.benchmarks.targets import evaluate_targets
 
         config = self.config
         speed, agree = the_plan.speed, the_plan.agreement
-        images = find_benchmark_images(
-            config.images,
-            agree.meta if agree.weights == "checkpoint" else None,
-            max(config.agreement_images, config.max_batch * config.pool_batches),
-            speed.meta.preprocessing,
-            workdir,
-        )
+        images = self._benchmark_images(the_plan, workdir)
         tensors = images.tensors(speed.meta.preprocessing)
-        on_gpu = environment.get("gpu") is not None
-        gpu_peak = measure_matmul_peak() if on_gpu else None
+        gpu_peak = measure_matmul_peak() if environment.get("gpu") is not None else None
         arch = speed.meta.architecture
         flops = gflops_per_image(the_plan.preset_gflops, arch.vision_config, arch.residual_stem)
-        runtime_status: dict[str, dict[str, Any]] = dict(the_plan.skipped)
-
-        # Triton first: its export writes the ONNX files in-process ONNX Runtime then loads
-        ordered = sorted(the_plan.specs, key=lambda spec: spec.family != "triton")
-        runtimes: dict[str, BaseRuntime] = {}
-        static_mb: dict[str, float] = {}
-        for spec in ordered:
-            reason = self._out_of_time()
-            if reason:
-                runtime_status[spec.name] = {"status": "skipped", "reason": reason}
-                continue
-            logger.info("setting up %s", spec.name)
-            runtime, reason, static = setup_runtime(spec, speed)
-            if runtime is None:
-                runtime_status[spec.name] = {"status": "skipped", "reason": reason}
-                logger.warning("%s skipped: %s", spec.name, reason)
-                continue
-            runtimes[spec.name] = runtime
-            static_mb[spec.name] = static
-        # keep the registry's order for cells and tables
-        runtimes = {spec.name: runtimes[spec.name] for spec in the_plan.specs if spec.name in runtimes}
-        for name, runtime in runtimes.items():
-            runtime_status[name] = {"status": "ok", "reason": None, "info": safe_info(runtime)}
+        runtimes, static_mb, runtime_status = self._set_up_runtimes(the_plan)
 
         separate = agree is not speed
         agreement: dict[str, dict] = {}
@@ -241,16 +214,7 @@ class Harness:
             agreement = agreement_on(runtimes, speed, agreement_images, config.agreement_batch)
 
         cells, skipped_cells = self._measure_all(runtimes, static_mb, images, tensors, flops, gpu_peak)
-        perf = None
-        if config.perf_analyzer:
-            perf = perf_analyzer.sweep(
-                runtimes,
-                images.encoded,
-                workdir / "perf_analyzer",
-                config.batch_sizes,
-                config.concurrency,
-                config.duration_s,
-            )
+        perf = self._perf_analyzer(runtimes, images, workdir) if config.perf_analyzer else None
 
         for runtime in runtimes.values():
             teardown(runtime)
@@ -260,8 +224,6 @@ class Harness:
                 list(runtimes), agree, agreement_images, config.agreement_batch, self._out_of_time, config.progress
             )
 
-        from aigi.benchmarks.targets import evaluate_targets
-
         _add_speedups(cells)
         results: dict[str, Any] = {
             "format": 1,
@@ -269,24 +231,8 @@ class Harness:
             "command": sys.argv,
             "environment": environment,
             "config": _config_dict(config),
-            "model": {
-                "name": the_plan.model_name,
-                "weights": the_plan.weights,
-                "checkpoint": str(speed.checkpoint) if the_plan.weights == "checkpoint" else None,
-                "image_size": speed.image_size,
-                "vision_config": arch.vision_config,
-                "residual_stem": arch.residual_stem,
-                "gflops": flops["gflops"],
-                "gflops_source": flops["source"],
-                "analytic_gflops": flops["analytic_gflops"],
-            },
-            "agreement_model": {
-                "checkpoint": str(agree.checkpoint),
-                "architecture": agree.meta.architecture.source,
-                "weights": agree.weights,
-                "separate": separate,
-                "threshold": agree.meta.threshold,
-            },
+            "model": _model_dict(the_plan, flops),
+            "agreement_model": _agreement_model_dict(agree, separate),
             "images": images.summary(),
             "gpu_peak": gpu_peak,
             "runtimes": runtime_status,
@@ -301,9 +247,60 @@ class Harness:
         results["targets"] = evaluate_targets(cells, agreement)
         return results
 
+    def _benchmark_images(self, the_plan: _Plan, workdir: Path) -> ImageSet:
+        """Enough images for the agreement set and every cell's input pool."""
+        config = self.config
+        agree = the_plan.agreement
+        return find_benchmark_images(
+            config.images,
+            agree.meta if agree.weights == "checkpoint" else None,
+            max(config.agreement_images, config.max_batch * config.pool_batches),
+            the_plan.speed.meta.preprocessing,
+            workdir,
+        )
+
+    def _set_up_runtimes(
+        self, the_plan: _Plan
+    ) -> tuple[dict[str, BaseRuntime], dict[str, float], dict[str, dict[str, Any]]]:
+        """Set up every planned runtime on the speed store: ``(runtimes, static MiB, status of every runtime)``."""
+        runtime_status: dict[str, dict[str, Any]] = dict(the_plan.skipped)
+        # Triton first: its export writes the ONNX files in-process ONNX Runtime then loads
+        ordered = sorted(the_plan.specs, key=lambda spec: spec.family != "triton")
+        runtimes: dict[str, BaseRuntime] = {}
+        static_mb: dict[str, float] = {}
+        for spec in ordered:
+            reason = self._out_of_time()
+            if reason:
+                runtime_status[spec.name] = {"status": "skipped", "reason": reason}
+                continue
+            logger.info("setting up %s", spec.name)
+            runtime, reason, static = setup_runtime(spec, the_plan.speed)
+            if runtime is None:
+                runtime_status[spec.name] = {"status": "skipped", "reason": reason}
+                logger.warning("%s skipped: %s", spec.name, reason)
+                continue
+            runtimes[spec.name] = runtime
+            static_mb[spec.name] = static
+        # keep the registry's order for cells and tables
+        runtimes = {spec.name: runtimes[spec.name] for spec in the_plan.specs if spec.name in runtimes}
+        for name, runtime in runtimes.items():
+            runtime_status[name] = {"status": "ok", "reason": None, "info": safe_info(runtime)}
+        return runtimes, static_mb, runtime_status
+
+    def _perf_analyzer(self, runtimes: dict[str, BaseRuntime], images: ImageSet, workdir: Path) -> dict[str, Any]:
+        config = self.config
+        return perf_analyzer.sweep(
+            runtimes,
+            images.encoded,
+            workdir / "perf_analyzer",
+            config.batch_sizes,
+            config.concurrency,
+            config.duration_s,
+        )
+
     # -- speed ---------------------------------------------------------------------------------
 
-    def _measure_all(self, runtimes, static_mb, images, tensors, flops, gpu_peak) -> tuple[list[dict], list[dict]]:
+    def _measure_all(self, runtimes, static_mb, images, tensors, flops, gpu_peak) -> tuple[list[BenchCell], list[dict]]:
         from tqdm import tqdm
 
         config = self.config
@@ -313,7 +310,7 @@ class Harness:
             for name, runtime in runtimes.items()
             for conc in (config.concurrency if runtime.concurrent else (1,))
         ]
-        cells: list[dict] = []
+        cells: list[BenchCell] = []
         skipped: list[dict] = []
         pools: dict[tuple[str, int], list] = {}
         bar = tqdm(plan_cells, desc="bench", unit="cell", disable=not config.progress, file=sys.stderr)
@@ -333,43 +330,33 @@ class Harness:
                     else tensor_pool(tensors, batch, config.pool_batches)
                 )
             cell = self._measure_cell(runtime, pools[key], batch, conc, static_mb.get(name, 0.0), flops, gpu_peak)
-            if "still busy" in str(cell.get("first_error") or cell.get("error") or ""):
+            first_error = cell.timing.first_error if cell.timing is not None else None
+            if "still busy" in str(first_error or cell.error or ""):
                 hung[name] = f"an earlier cell (batch {batch}, concurrency {conc}) hung"
             cells.append(cell)
         return cells, skipped
 
-    def _measure_cell(self, runtime: BaseRuntime, batches: list, batch: int, conc: int, static: float, flops, peak):
-        from aigi.benchmarks import metrics_scrape
-
+    def _measure_cell(
+        self, runtime: BaseRuntime, batches: list, batch: int, conc: int, static: float, flops, peak
+    ) -> BenchCell:
+        """Time one cell, then add its memory, FLOP/s and (for Triton) the server's latency split."""
         config = self.config
         spec = runtime.spec
-        cell: dict[str, Any] = {
-            "runtime": runtime.name,
-            "family": spec.family,
-            "precision": spec.precision,
-            "path": runtime.input_kind,
-            "protocol": spec.option("protocol"),
-            "shared_memory": bool(spec.option("shm")),
-            "batch": batch,
-            "concurrency": conc,
-        }
+        cell = BenchCell(
+            runtime=runtime.name,
+            family=spec.family,
+            precision=spec.precision,
+            path=runtime.input_kind,
+            protocol=spec.option("protocol"),
+            shared_memory=bool(spec.option("shm")),
+            batch=batch,
+            concurrency=conc,
+        )
         try:
             prepared = [runtime.prepare(b) for b in batches]
         except Exception as exc:  # noqa: BLE001
-            return {**cell, "status": "error", "error": f"preparing inputs: {exc.__class__.__name__}: {exc}"}
-        probe = memory_probe(runtime)
-        view = runtime.triton_view()
-        scraped: dict[str, Any] = {}
-
-        def window_opens() -> None:
-            if view is not None:
-                try:
-                    scraped["before"] = metrics_scrape.scrape_settled(view[0], view[1])
-                except OSError as exc:
-                    logger.debug("metrics scrape failed: %s", exc)
-            probe.reset_peak()
-            scraped["base_mb"] = probe.current_mb()
-
+            return cell.failed(f"preparing inputs: {exc.__class__.__name__}: {exc}")
+        window = _CellWindow(runtime)
         result = measure(
             runtime.run,
             InputPool(prepared, batch),
@@ -379,57 +366,113 @@ class Harness:
             duration_s=None if config.iters else config.duration_s,
             min_iters=config.min_iters,
             sync=runtime.sync,
-            on_window=window_opens,
+            on_window=window.opens,
             timeout_s=config.cell_timeout_s,
         )
-        peak_mb = probe.peak_mb()
-        summary = result.summary()
-        status = "ok" if result.requests else "error"
-        cell.update(summary)
-        cell["status"] = status
-        if status == "error":
-            cell["error"] = result.first_error or "no request succeeded"
-            return cell
-        if probe.kind == "gpu":
-            cell["peak_mem_mb"] = static + max(0.0, peak_mb - scraped.get("base_mb", peak_mb))
-            cell["mem_kind"] = "gpu"
-        else:
-            cell["peak_mem_mb"] = peak_mb
-            cell["mem_kind"] = "rss-server" if runtime.memory_root_pid() else "rss"
-        achieved = cell["images_per_s"] * flops["gflops"] / 1e3
-        cell["achieved_tflops"] = achieved
-        cell["peak_fraction"] = achieved / peak["tflops"] if peak else None
-        if view is not None and "before" in scraped:
+        cell.timing = result.cell_timing()
+        if not result.requests:
+            return cell.failed(result.first_error or "no request succeeded")
+        cell.status = "ok"
+        window.add_memory(cell, static)
+        achieved = result.images_per_s * flops["gflops"] / 1e3
+        cell.achieved_tflops = achieved
+        cell.peak_fraction = achieved / peak["tflops"] if peak else None
+        cell.triton = window.triton_split(result.requests + result.errors, cell.timing.mean_ms)
+        return cell
+
+
+class _CellWindow:
+    """What a cell reads around its measured window: memory (reset when it opens) and Triton's counters."""
+
+    def __init__(self, runtime: BaseRuntime) -> None:
+        self.runtime = runtime
+        self.probe = memory_probe(runtime)
+        self.view = runtime.triton_view()  # (metrics URL, entry model) or None
+        self.before: dict[str, dict[str, float]] | None = None
+        self.base_mb: float | None = None
+
+    def opens(self) -> None:
+        """Called by :func:`measure` after the warm-up, just before the window opens."""
+        if self.view is not None:
             try:
-                sent = result.requests + result.errors
-                expected = metrics_scrape.requests_done(scraped["before"], view[1]) + sent
-                after = metrics_scrape.scrape_settled(view[0], view[1], at_least=expected)
-                delta = metrics_scrape.counter_delta(scraped["before"], after)
-                cell["triton"] = metrics_scrape.split_latency(delta, view[1], cell["mean_ms"])
-                counted = metrics_scrape.requests_done(after, view[1]) - metrics_scrape.requests_done(
-                    scraped["before"], view[1]
-                )
-                if counted != sent:  # another client, or a lagging counter: the split is approximate
-                    cell["triton"]["requests_mismatch"] = {"client": sent, "server": counted}
+                self.before = metrics_scrape.scrape_settled(self.view[0], self.view[1])
             except OSError as exc:
                 logger.debug("metrics scrape failed: %s", exc)
-        return cell
+        self.probe.reset_peak()
+        self.base_mb = self.probe.current_mb()
+
+    def add_memory(self, cell: BenchCell, static: float) -> None:
+        """The cell's peak memory: the runtime's share of the device, or the resident set of its process."""
+        peak_mb = self.probe.peak_mb()
+        if self.probe.kind == "gpu":
+            base = self.base_mb if self.base_mb is not None else peak_mb
+            cell.peak_mem_mb = static + max(0.0, peak_mb - base)
+            cell.mem_kind = "gpu"
+        else:
+            cell.peak_mem_mb = peak_mb
+            cell.mem_kind = "rss-server" if self.runtime.memory_root_pid() else "rss"
+
+    def triton_split(self, sent: int, client_mean_ms: float) -> TritonSplit | None:
+        """Triton's latency split over the window (``None`` off Triton, or when a scrape failed)."""
+        if self.view is None or self.before is None:
+            return None
+        url, model = self.view
+        try:
+            expected = metrics_scrape.requests_done(self.before, model) + sent
+            after = metrics_scrape.scrape_settled(url, model, at_least=expected)
+        except OSError as exc:
+            logger.debug("metrics scrape failed: %s", exc)
+            return None
+        delta = metrics_scrape.counter_delta(self.before, after)
+        split = TritonSplit.from_split(metrics_scrape.split_latency(delta, model, client_mean_ms))
+        counted = metrics_scrape.requests_done(after, model) - metrics_scrape.requests_done(self.before, model)
+        if counted != sent:  # another client, or a lagging counter: the split is approximate
+            split.requests_mismatch = RequestsMismatch(client=sent, server=counted)
+        return split
 
 
 def _subset(images: ImageSet, count: int) -> ImageSet:
     return ImageSet(images.paths[:count], images.encoded[:count], images.source, images.found, images.corrupt)
 
 
-def _add_speedups(cells: list[dict]) -> None:
+def _add_speedups(cells: list[BenchCell]) -> None:
     """Images/s over the baseline's at the same batch size (one stream), in place."""
     baseline = {
-        cell["batch"]: cell["images_per_s"]
+        cell.batch: cell.images_per_s
         for cell in cells
-        if cell["runtime"] == BASELINE and cell.get("status") == "ok" and cell["concurrency"] == 1
+        if cell.runtime == BASELINE and cell.ok and cell.concurrency == 1
     }
     for cell in cells:
-        base = baseline.get(cell["batch"])
-        cell["speedup"] = cell["images_per_s"] / base if base and cell.get("status") == "ok" else None
+        base = baseline.get(cell.batch)
+        cell.speedup = cell.images_per_s / base if base and cell.ok else None
+
+
+def _model_dict(the_plan: _Plan, flops: dict[str, Any]) -> dict[str, Any]:
+    """The speed cells' architecture and weights (``model`` in bench.json)."""
+    speed = the_plan.speed
+    arch = speed.meta.architecture
+    return {
+        "name": the_plan.model_name,
+        "weights": the_plan.weights,
+        "checkpoint": str(speed.checkpoint) if the_plan.weights == "checkpoint" else None,
+        "image_size": speed.image_size,
+        "vision_config": arch.vision_config,
+        "residual_stem": arch.residual_stem,
+        "gflops": flops["gflops"],
+        "gflops_source": flops["source"],
+        "analytic_gflops": flops["analytic_gflops"],
+    }
+
+
+def _agreement_model_dict(agree: ArtifactStore, separate: bool) -> dict[str, Any]:
+    """The architecture and weights agreement was computed on (``agreement_model`` in bench.json)."""
+    return {
+        "checkpoint": str(agree.checkpoint),
+        "architecture": agree.meta.architecture.source,
+        "weights": agree.weights,
+        "separate": separate,
+        "threshold": agree.meta.threshold,
+    }
 
 
 def _config_dict(config: BenchConfig) -> dict[str, Any]:

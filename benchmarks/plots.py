@@ -7,6 +7,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from aigi.benchmarks.cells import BenchCell
+
 logger = logging.getLogger(__name__)
 
 THROUGHPUT_PNG = "throughput_vs_batch.png"
@@ -31,15 +33,15 @@ def _style(index: int, runtime: str) -> dict:
     return {"color": matplotlib.colormaps["tab20"](index % 20), "linestyle": dashes.get(family, "-")}
 
 
-def plot_throughput_vs_batch(cells: Sequence[dict], out_dir: Path, title: str) -> Path | None:
+def plot_throughput_vs_batch(cells: Sequence[BenchCell], out_dir: Path, title: str) -> Path | None:
     """Images/s against batch size, one line per runtime at its lowest concurrency (log-log)."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
     lowest: dict[str, int] = {}
     for cell in cells:
-        lowest[cell["runtime"]] = min(lowest.get(cell["runtime"], cell["concurrency"]), cell["concurrency"])
+        lowest[cell.runtime] = min(lowest.get(cell.runtime, cell.concurrency), cell.concurrency)
     for cell in cells:
-        if cell["concurrency"] == lowest[cell["runtime"]]:
-            series[cell["runtime"]][cell["batch"]] = cell["images_per_s"]
+        if cell.concurrency == lowest[cell.runtime]:
+            series[cell.runtime][cell.batch] = cell.images_per_s
     if not series:
         return None
     plt = _pyplot()
@@ -62,14 +64,14 @@ def plot_throughput_vs_batch(cells: Sequence[dict], out_dir: Path, title: str) -
     return path
 
 
-def plot_latency_vs_concurrency(cells: Sequence[dict], out_dir: Path, title: str) -> Path:
+def plot_latency_vs_concurrency(cells: Sequence[BenchCell], out_dir: Path, title: str) -> Path:
     """p50 latency (with a p99 whisker) against concurrency, one line per runtime and batch size.
 
     Only runtimes that sweep concurrency (servers) have more than one point; without any, the figure says so.
     """
     series: dict[tuple[str, int], dict[int, tuple[float, float]]] = defaultdict(dict)
     for cell in cells:
-        series[(cell["runtime"], cell["batch"])][cell["concurrency"]] = (cell["p50_ms"], cell["p99_ms"])
+        series[(cell.runtime, cell.batch)][cell.concurrency] = (cell.timing.p50_ms, cell.timing.p99_ms)
     swept = {key: points for key, points in series.items() if len(points) > 1}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.5))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aigi.benchmarks.cells import BenchCell, cells_from_json
 from aigi.checkpoint import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -54,39 +55,12 @@ def _environment_lines(env: dict) -> list[str]:
     return lines
 
 
-def _cell_rows(cells: Sequence[dict], agreement: dict[str, dict], on_gpu: bool) -> list[list[str]]:
-    rows = []
-    for cell in cells:
-        agree = agreement.get(cell["runtime"], {})
-        row = [
-            cell["runtime"],
-            str(cell["batch"]),
-            str(cell["concurrency"]),
-            _num(cell.get("images_per_s")),
-            _num(cell.get("p50_ms"), 2),
-            _num(cell.get("p90_ms"), 2),
-            _num(cell.get("p99_ms"), 2),
-            _num(cell.get("peak_mem_mb"), 0) + (f" ({cell['mem_kind']})" if cell.get("mem_kind") else ""),
-            _num(cell.get("speedup"), 2, "x"),
-            _pct(agree.get("top1_agreement")),
-            _num(agree.get("max_abs_dp_fake"), 4) if agree.get("max_abs_dp_fake") is not None else "–",
-        ]
-        if on_gpu:
-            row += [_num(cell.get("achieved_tflops"), 1), _pct(cell.get("peak_fraction"))]
-        rows.append(row)
-    return rows
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """``BENCH.md``: setup, the side-by-side table, Triton's latency split, agreement, targets, skips."""
-    env = results["environment"]
+def _setup_lines(results: dict[str, Any]) -> list[str]:
+    """The title and what ran where: machine, architecture, timing rules, memory kinds, GPU peak."""
     config = results["config"]
     model = results["model"]
-    on_gpu = bool(env.get("gpu"))
-    cells = [cell for cell in results["cells"] if cell.get("status") == "ok"]
-    agreement = results.get("agreement", {})
     lines = [f"# aigi bench: {model['name']}", ""]
-    lines += _environment_lines(env)
+    lines += _environment_lines(results["environment"])
     lines += [
         f"- Architecture: {model['name']} ({model['weights']}), {model['gflops']:.2f} GFLOPs/image "
         f"({model['gflops_source']}), input {model['image_size']} px",
@@ -108,7 +82,35 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"- GPU matmul peak measured in this run: {peak['tflops']:.0f} TFLOP/s ({peak['dtype']}, {peak['size']}³)"
         )
-    lines += ["", "## Results", ""]
+    return lines
+
+
+def _cell_rows(cells: Sequence[BenchCell], agreement: dict[str, dict], on_gpu: bool) -> list[list[str]]:
+    rows = []
+    for cell in cells:
+        agree = agreement.get(cell.runtime, {})
+        timing = cell.timing
+        row = [
+            cell.runtime,
+            str(cell.batch),
+            str(cell.concurrency),
+            _num(cell.images_per_s),
+            _num(timing.p50_ms if timing else None, 2),
+            _num(timing.p90_ms if timing else None, 2),
+            _num(timing.p99_ms if timing else None, 2),
+            _num(cell.peak_mem_mb, 0) + (f" ({cell.mem_kind})" if cell.mem_kind else ""),
+            _num(cell.speedup, 2, "x"),
+            _pct(agree.get("top1_agreement")),
+            _num(agree.get("max_abs_dp_fake"), 4) if agree.get("max_abs_dp_fake") is not None else "–",
+        ]
+        if on_gpu:
+            row += [_num(cell.achieved_tflops, 1), _pct(cell.peak_fraction)]
+        rows.append(row)
+    return rows
+
+
+def _results_section(cells: Sequence[BenchCell], agreement: dict[str, dict], on_gpu: bool) -> list[str]:
+    """The side-by-side table of every cell that ran."""
     headers = [
         "runtime",
         "batch",
@@ -124,127 +126,184 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if on_gpu:
         headers += ["TFLOP/s", "of peak"]
-    lines += _table(headers, _cell_rows(cells, agreement, on_gpu)) if cells else ["(no cell ran)"]
-    split_rows = [
+    table = _table(headers, _cell_rows(cells, agreement, on_gpu)) if cells else ["(no cell ran)"]
+    return ["", "## Results", "", *table]
+
+
+def _triton_section(cells: Sequence[BenchCell]) -> list[str]:
+    """Triton's latency split per cell (from its Prometheus counters); nothing when no cell has one."""
+    rows = [
         [
-            cell["runtime"],
-            str(cell["batch"]),
-            str(cell["concurrency"]),
-            _num(cell.get("mean_ms"), 2),
-            _num(cell["triton"].get("network_marshal_ms"), 2),
-            _num(cell["triton"].get("queue_ms"), 2),
-            _num(cell["triton"].get("compute_ms"), 2),
-            _num(cell["triton"].get("avg_server_batch"), 1),
+            cell.runtime,
+            str(cell.batch),
+            str(cell.concurrency),
+            _num(cell.timing.mean_ms if cell.timing else None, 2),
+            _num(cell.triton.network_marshal_ms, 2),
+            _num(cell.triton.queue_ms, 2),
+            _num(cell.triton.compute_ms, 2),
+            _num(cell.triton.avg_server_batch, 1),
         ]
         for cell in cells
-        if cell.get("triton")
+        if cell.triton is not None and cell.triton.to_dict()
     ]
-    if split_rows:
-        lines += ["", "## Triton's view (Prometheus counters, per client request)", ""]
-        lines += _table(
-            [
-                "runtime",
-                "batch",
-                "conc",
-                "client mean ms",
-                "network+marshal ms",
-                "queue ms",
-                "compute ms",
-                "server batch",
-            ],
-            split_rows,
-        )
-    if agreement:
-        lines += ["", "## Agreement with PyTorch eager FP32", ""]
-        first = next(iter(agreement.values()))
-        lines.append(
-            f"On {first.get('images')} benchmark images ({first.get('source')}), weights: {first.get('weights')}, "
-            f"architecture {first.get('architecture')}"
-            + (" (the checkpoint's, measured separately from the speed cells)." if first.get("separate") else ".")
-        )
-        lines.append("")
-        lines += _table(
-            ["runtime", "images", "top-1 agreement", "decision agreement", "max abs Δp_fake", "mean abs Δp_fake"],
-            [
-                [
-                    name,
-                    _num(entry.get("images")),
-                    _pct(entry.get("top1_agreement"), 2),
-                    _pct(entry.get("decision_agreement"), 2),
-                    _num(entry.get("max_abs_dp_fake"), 5),
-                    _num(entry.get("mean_abs_dp_fake"), 5),
-                ]
-                if "error" not in entry
-                else [name, "–", "–", "–", "–", f"error: {entry['error']}"]
-                for name, entry in agreement.items()
-            ],
-        )
-    if results.get("perf_analyzer"):
-        lines += ["", "## perf_analyzer", ""]
-        pa = results["perf_analyzer"]
-        if pa.get("skipped"):
-            lines.append(f"Skipped: {pa['skipped']}")
-        else:
-            lines += _table(
-                ["model", "batch", "conc", "images/s", "p50 ms", "p90 ms", "p99 ms", "queue ms", "compute ms"],
-                [
-                    [
-                        row["model"],
-                        str(row["batch"]),
-                        str(row["concurrency"]),
-                        _num(row.get("images_per_s")),
-                        _num(row.get("p50_ms"), 2),
-                        _num(row.get("p90_ms"), 2),
-                        _num(row.get("p99_ms"), 2),
-                        _num(row.get("queue_ms"), 2),
-                        _num(row.get("compute_ms"), 2),
-                    ]
-                    for row in pa.get("rows", [])
-                ],
-            )
-            for error in pa.get("errors", []):
-                lines.append(f"- error: {error}")
-    lines += ["", "## Targets", ""]
-    lines += _table(
-        ["target", "needed", "measured", "verdict"],
-        [
-            [
-                verdict["description"],
-                f"≥ {verdict['min_ratio']}x"
-                + (
-                    f", agreement ≥ {_pct(verdict['min_decision_agreement'], 0)}"
-                    if verdict.get("min_decision_agreement")
-                    else ""
-                ),
-                (
-                    f"{verdict['ratio']:.2f}x ({verdict['runtime']} {verdict['images_per_s']:.1f} vs "
-                    f"{verdict['reference']} {verdict['reference_images_per_s']:.1f} images/s)"
-                    + (
-                        f", agreement {_pct(verdict.get('decision_agreement'), 2)}"
-                        if verdict.get("min_decision_agreement")
-                        else ""
-                    )
-                )
-                if verdict.get("ratio") is not None
-                else verdict.get("reason", "not measured"),
-                {True: "**met**", False: "**not met**", None: "not measured"}[verdict["met"]],
-            ]
-            for verdict in results.get("targets", [])
-        ],
+    if not rows:
+        return []
+    headers = [
+        "runtime",
+        "batch",
+        "conc",
+        "client mean ms",
+        "network+marshal ms",
+        "queue ms",
+        "compute ms",
+        "server batch",
+    ]
+    return ["", "## Triton's view (Prometheus counters, per client request)", "", *_table(headers, rows)]
+
+
+def _agreement_section(agreement: dict[str, dict]) -> list[str]:
+    """Agreement of every runtime with PyTorch eager FP32, and on which images, weights and architecture."""
+    if not agreement:
+        return []
+    first = next(iter(agreement.values()))
+    intro = (
+        f"On {first.get('images')} benchmark images ({first.get('source')}), weights: {first.get('weights')}, "
+        f"architecture {first.get('architecture')}"
+        + (" (the checkpoint's, measured separately from the speed cells)." if first.get("separate") else ".")
     )
+    rows = [
+        [
+            name,
+            _num(entry.get("images")),
+            _pct(entry.get("top1_agreement"), 2),
+            _pct(entry.get("decision_agreement"), 2),
+            _num(entry.get("max_abs_dp_fake"), 5),
+            _num(entry.get("mean_abs_dp_fake"), 5),
+        ]
+        if "error" not in entry
+        else [name, "–", "–", "–", "–", f"error: {entry['error']}"]
+        for name, entry in agreement.items()
+    ]
+    headers = ["runtime", "images", "top-1 agreement", "decision agreement", "max abs Δp_fake", "mean abs Δp_fake"]
+    return ["", "## Agreement with PyTorch eager FP32", "", intro, "", *_table(headers, rows)]
+
+
+def _perf_analyzer_section(pa: dict[str, Any] | None) -> list[str]:
+    """perf_analyzer's rows, or why it was skipped; nothing when it was not asked for."""
+    if not pa:
+        return []
+    lines = ["", "## perf_analyzer", ""]
+    if pa.get("skipped"):
+        return [*lines, f"Skipped: {pa['skipped']}"]
+    rows = [
+        [
+            row["model"],
+            str(row["batch"]),
+            str(row["concurrency"]),
+            _num(row.get("images_per_s")),
+            _num(row.get("p50_ms"), 2),
+            _num(row.get("p90_ms"), 2),
+            _num(row.get("p99_ms"), 2),
+            _num(row.get("queue_ms"), 2),
+            _num(row.get("compute_ms"), 2),
+        ]
+        for row in pa.get("rows", [])
+    ]
+    headers = ["model", "batch", "conc", "images/s", "p50 ms", "p90 ms", "p99 ms", "queue ms", "compute ms"]
+    lines += _table(headers, rows)
+    lines += [f"- error: {error}" for error in pa.get("errors", [])]
+    return lines
+
+
+def agreement_site(results: dict[str, Any], runtime: str) -> str | None:
+    """Where ``runtime``'s agreement was measured when that is not the speed cells' model, else ``None``.
+
+    ``agreement[runtime]`` records the architecture and weights agreement ran on (``separate`` when it was built
+    again on the checkpoint's architecture); ``model`` records those of the speed cells.
+    """
+    entry = results.get("agreement", {}).get(runtime) or {}
+    if "architecture" not in entry:
+        return None
+    if not entry.get("separate") and entry.get("weights") == results["model"].get("weights"):
+        return None
+    return f"{entry['architecture']} with {entry.get('weights')} weights"
+
+
+def _target_row(verdict: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """One target: what it needs, what was measured (and on which model, when agreement ran elsewhere)."""
+    wants_agreement = bool(verdict.get("min_decision_agreement"))
+    needed = f"≥ {verdict['min_ratio']}x" + (
+        f", agreement ≥ {_pct(verdict['min_decision_agreement'], 0)}" if wants_agreement else ""
+    )
+    if verdict.get("ratio") is None:
+        measured = verdict.get("reason", "not measured")
+    else:
+        site = agreement_site(results, verdict["runtime"]) if wants_agreement else None
+        model = results["model"]
+        measured = (
+            f"{verdict['ratio']:.2f}x ({verdict['runtime']} {verdict['images_per_s']:.1f} vs "
+            f"{verdict['reference']} {verdict['reference_images_per_s']:.1f} images/s"
+            + (f" on {model['name']} with {model['weights']} weights" if site else "")
+            + ")"
+        )
+        if wants_agreement:
+            measured += f", agreement {_pct(verdict.get('decision_agreement'), 2)}"
+            measured += f" measured on {site} (not the speed cells' model)" if site else ""
+    verdict_text = {True: "**met**", False: "**not met**", None: "not measured"}[verdict["met"]]
+    return [verdict["description"], needed, measured, verdict_text]
+
+
+def _targets_section(results: dict[str, Any]) -> list[str]:
+    rows = [_target_row(verdict, results) for verdict in results.get("targets", [])]
+    return ["", "## Targets", "", *_table(["target", "needed", "measured", "verdict"], rows)]
+
+
+def _skipped_section(results: dict[str, Any], cells: Sequence[BenchCell]) -> list[str]:
+    """Runtimes that did not run, cells that failed and cells left out; nothing when everything ran."""
     skipped = [(name, entry) for name, entry in results.get("runtimes", {}).items() if entry["status"] != "ok"]
-    failed = [cell for cell in results["cells"] if cell.get("status") != "ok"]
-    if skipped or failed or results.get("skipped_cells"):
-        lines += ["", "## Skipped or failed", ""]
-        lines += [f"- `{name}`: {entry['status']}: {entry.get('reason')}" for name, entry in skipped]
-        for cell in failed:
-            lines.append(
-                f"- `{cell['runtime']}` batch {cell['batch']} conc {cell['concurrency']}: failed: {cell.get('error')}"
-            )
-        for cell in results.get("skipped_cells", []):
-            lines.append(f"- `{cell['runtime']}` batch {cell['batch']} conc {cell['concurrency']}: {cell['reason']}")
+    failed = [cell for cell in cells if not cell.ok]
+    left_out = results.get("skipped_cells", [])
+    if not (skipped or failed or left_out):
+        return []
+    lines = ["", "## Skipped or failed", ""]
+    lines += [f"- `{name}`: {entry['status']}: {entry.get('reason')}" for name, entry in skipped]
+    lines += [f"- `{cell.runtime}` batch {cell.batch} conc {cell.concurrency}: failed: {cell.error}" for cell in failed]
+    lines += [
+        f"- `{cell['runtime']}` batch {cell['batch']} conc {cell['concurrency']}: {cell['reason']}" for cell in left_out
+    ]
+    return lines
+
+
+def _typed_cells(results: dict[str, Any]) -> list[BenchCell]:
+    """The run's cells, typed (a results dict read back from ``bench.json`` holds plain dicts)."""
+    return [cell if isinstance(cell, BenchCell) else BenchCell.from_dict(cell) for cell in results["cells"]]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """``BENCH.md``: setup, the side-by-side table, Triton's latency split, agreement, targets, skips."""
+    all_cells = _typed_cells(results)
+    cells = [cell for cell in all_cells if cell.ok]
+    agreement = results.get("agreement", {})
+    lines = _setup_lines(results)
+    lines += _results_section(cells, agreement, on_gpu=bool(results["environment"].get("gpu")))
+    lines += _triton_section(cells)
+    lines += _agreement_section(agreement)
+    lines += _perf_analyzer_section(results.get("perf_analyzer"))
+    lines += _targets_section(results)
+    lines += _skipped_section(results, all_cells)
     lines += ["", f"Plots: {', '.join(results.get('plots', [])) or 'none'}. Raw numbers: {JSON_NAME}.", ""]
     return "\n".join(lines)
+
+
+def to_json(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` as ``bench.json`` holds it: cells as plain dicts, anything else JSON cannot hold as text."""
+    plain = {**results, "cells": [cell.to_dict() for cell in _typed_cells(results)]}
+    return json.loads(json.dumps(plain, default=str))
+
+
+def from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``bench.json``'s content as the results dict the renderer takes (cells typed)."""
+    return {**data, "cells": cells_from_json(data["cells"])}
 
 
 def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path]:
@@ -254,15 +313,45 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    cells = [cell for cell in results["cells"] if cell.get("status") == "ok"]
+    cells = [cell for cell in _typed_cells(results) if cell.ok]
     title = results["model"]["name"]
     for key, plot in (("throughput", plot_throughput_vs_batch), ("latency", plot_latency_vs_concurrency)):
         path = plot(cells, out, title)
         if path is not None:
             paths[key] = path
     results["plots"] = [path.name for path in paths.values()]
-    write_json_atomic(out / JSON_NAME, json.loads(json.dumps(results, default=str)))
+    write_json_atomic(out / JSON_NAME, to_json(results))
     paths["json"] = out / JSON_NAME
     (out / MARKDOWN_NAME).write_text(render_markdown(results))
     paths["markdown"] = out / MARKDOWN_NAME
     return paths
+
+
+def rerender(bench_json: str | Path, markdown: str | Path | None = None) -> Path:
+    """Write ``BENCH.md`` again from an existing ``bench.json`` (next to it unless ``markdown`` names a file).
+
+    Only the Markdown is rendered: ``bench.json`` and the plots are left as they are.
+    """
+    source = Path(bench_json)
+    target = Path(markdown) if markdown is not None else source.with_name(MARKDOWN_NAME)
+    target.write_text(render_markdown(from_json(json.loads(source.read_text()))))
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m aigi.benchmarks.report --from bench.json [--out BENCH.md]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m aigi.benchmarks.report",
+        description="Render BENCH.md again from an existing bench.json with this version's renderer.",
+    )
+    parser.add_argument("--from", dest="source", type=Path, required=True, help="the run's bench.json")
+    parser.add_argument("--out", type=Path, help=f"Markdown file to write (default: {MARKDOWN_NAME} beside it)")
+    args = parser.parse_args(argv)
+    print(f"wrote {rerender(args.source, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aigi.benchmarks.cells import BenchCell
+
 
 @dataclass(frozen=True)
 class Target:
@@ -52,19 +54,16 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def _cell(cells: Sequence[dict], runtime: str, batch: int, concurrency: int) -> dict | None:
+def _cell(cells: Sequence[BenchCell], runtime: str, batch: int, concurrency: int) -> BenchCell | None:
     for cell in cells:
-        if (
-            cell.get("status") == "ok"
-            and cell["runtime"] == runtime
-            and cell["batch"] == batch
-            and cell["concurrency"] == concurrency
-        ):
+        if cell.ok and cell.key == (runtime, batch, concurrency):
             return cell
     return None
 
 
-def evaluate_targets(cells: Sequence[dict], agreement: dict[str, dict], targets: Sequence[Target] = TARGETS) -> list:
+def evaluate_targets(
+    cells: Sequence[BenchCell], agreement: dict[str, dict], targets: Sequence[Target] = TARGETS
+) -> list[dict[str, Any]]:
     """One verdict per target: ``met`` (True/False, or None when a needed cell did not run), ratio and evidence."""
     verdicts: list[dict[str, Any]] = []
     for target in targets:
@@ -85,19 +84,19 @@ def evaluate_targets(cells: Sequence[dict], agreement: dict[str, dict], targets:
             verdict["reason"] = f"not measured: no cell for {' or '.join(missing)} at batch {target.batch}"
             verdicts.append(verdict)
             continue
-        best = max(ran, key=lambda cell: cell["images_per_s"])
-        ratio = best["images_per_s"] / reference["images_per_s"]
+        best = max(ran, key=lambda cell: cell.images_per_s)
+        ratio = best.images_per_s / reference.images_per_s
         verdict.update(
-            runtime=best["runtime"],
-            images_per_s=best["images_per_s"],
-            reference_images_per_s=reference["images_per_s"],
+            runtime=best.runtime,
+            images_per_s=best.images_per_s,
+            reference_images_per_s=reference.images_per_s,
             ratio=ratio,
         )
         met = ratio >= target.min_ratio
         if target.min_decision_agreement is not None:
-            agreed = agreement.get(best["runtime"], {}).get("decision_agreement")
+            agreed = agreement.get(best.runtime, {}).get("decision_agreement")
             verdict["decision_agreement"] = agreed
-            verdict["agreement_weights"] = agreement.get(best["runtime"], {}).get("weights")
+            verdict["agreement_weights"] = agreement.get(best.runtime, {}).get("weights")
             met = met and agreed is not None and agreed >= target.min_decision_agreement
         verdict["met"] = bool(met)
         verdicts.append(verdict)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from aigi.benchmarks.cells import CellTiming
+
 logger = logging.getLogger(__name__)
 
 PERCENTILES = (50, 90, 99)
@@ -72,19 +74,23 @@ class TimingResult:
         """Throughput over the measured window."""
         return self.images / self.wall_s if self.wall_s > 0 else float("nan")
 
+    def cell_timing(self) -> CellTiming:
+        """The cell's timing figures (what ``bench.json`` records per cell)."""
+        return CellTiming(
+            images_per_s=self.images_per_s,
+            requests=self.requests,
+            images=self.images,
+            wall_s=self.wall_s,
+            concurrency=self.concurrency,
+            warmup=self.warmup,
+            errors=self.errors,
+            first_error=self.first_error,
+            **latency_summary_ms(self.latencies_s),
+        )
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers for the report."""
-        return {
-            "images_per_s": self.images_per_s,
-            "requests": self.requests,
-            "images": self.images,
-            "wall_s": self.wall_s,
-            "concurrency": self.concurrency,
-            "warmup": self.warmup,
-            "errors": self.errors,
-            **({"first_error": self.first_error} if self.first_error else {}),
-            **latency_summary_ms(self.latencies_s),
-        }
+        return self.cell_timing().to_dict()
 
 
 class InputPool:
@@ -142,67 +148,10 @@ def measure(
     Returns:
         The cell's :class:`TimingResult`; requests that raised are counted in ``errors``, not timed.
     """
-    if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
-    if iters is None and duration_s is None:
-        raise ValueError("give iters or duration_s")
-    if iters is not None and iters < 1:
-        raise ValueError("iters must be at least 1")
-    lock = threading.Lock()
-    warmed = threading.Barrier(concurrency + 1)
-    go = threading.Barrier(concurrency + 1)
-    latencies: list[float] = []
-    state = {"issued": 0, "images": 0, "errors": 0, "first_error": None, "end": 0.0}
-    deadline = [float("inf")]
-    stride = max(1, len(pool) // concurrency)
-
-    def wanted() -> bool:
-        with lock:
-            if iters is not None:
-                if state["issued"] >= iters:
-                    return False
-            elif time.perf_counter() >= deadline[0] and state["issued"] >= min_iters:
-                return False
-            state["issued"] += 1
-            return True
-
-    def worker(thread_index: int) -> None:
-        batches = pool.cycle(thread_index * stride)
-        try:
-            for _ in range(warmup):
-                call(next(batches))
-        except Exception as exc:  # noqa: BLE001 - reported in the cell, not raised from a thread
-            with lock:
-                state["errors"] += 1
-                state["first_error"] = state["first_error"] or f"warm-up: {exc.__class__.__name__}: {exc}"
-        try:
-            warmed.wait()
-            go.wait()
-        except threading.BrokenBarrierError:
-            return  # the caller gave up on a stuck warm-up
-        while wanted():
-            batch = next(batches)
-            start = time.perf_counter()
-            try:
-                call(batch)
-            except Exception as exc:  # noqa: BLE001
-                with lock:
-                    state["errors"] += 1
-                    state["first_error"] = state["first_error"] or f"{exc.__class__.__name__}: {exc}"
-                continue
-            end = time.perf_counter()
-            with lock:
-                latencies.append(end - start)
-                state["images"] += pool.batch_size
-                state["end"] = max(state["end"], end)
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    try:
-        warmed.wait(timeout_s)
-    except threading.BrokenBarrierError:
-        go.abort()
+    _check_measure_args(concurrency, iters, duration_s)
+    streams = _Streams(call, pool, concurrency, warmup, iters, min_iters)
+    streams.start()
+    if not streams.warmed_up(timeout_s):
         return TimingResult(
             [],
             0,
@@ -216,26 +165,134 @@ def measure(
         sync()
     if on_window is not None:
         on_window()
-    start = time.perf_counter()
-    if duration_s is not None:
-        deadline[0] = start + duration_s
-    go.wait()
-    for thread in threads:
-        thread.join(None if timeout_s is None else max(0.0, start + timeout_s - time.perf_counter()))
-    stuck = sum(thread.is_alive() for thread in threads)
-    if stuck:
-        with lock:
-            state["errors"] += stuck
-            state["first_error"] = state["first_error"] or f"{stuck} stream(s) still busy after {timeout_s:.0f} s"
+    start = streams.open_window(duration_s)
+    streams.join(start, timeout_s)
     if sync is not None:
         sync()
-    wall = (state["end"] or time.perf_counter()) - start
-    return TimingResult(
-        latencies_s=latencies,
-        images=state["images"],
-        wall_s=max(wall, 0.0),
-        concurrency=concurrency,
-        warmup=warmup,
-        errors=state["errors"],
-        first_error=state["first_error"],
-    )
+    return streams.result(start)
+
+
+def _check_measure_args(concurrency: int, iters: int | None, duration_s: float | None) -> None:
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if iters is None and duration_s is None:
+        raise ValueError("give iters or duration_s")
+    if iters is not None and iters < 1:
+        raise ValueError("iters must be at least 1")
+
+
+class _Streams:
+    """The client threads of one :func:`measure` call and what they share: barriers, counters, the window's end."""
+
+    def __init__(
+        self,
+        call: Callable[[Any], Any],
+        pool: InputPool,
+        concurrency: int,
+        warmup: int,
+        iters: int | None,
+        min_iters: int,
+    ) -> None:
+        self.call = call
+        self.pool = pool
+        self.concurrency = concurrency
+        self.warmup = warmup
+        self.iters = iters
+        self.min_iters = min_iters
+        self.lock = threading.Lock()
+        self.warmed = threading.Barrier(concurrency + 1)
+        self.go = threading.Barrier(concurrency + 1)
+        self.latencies: list[float] = []
+        self.issued = 0
+        self.images = 0
+        self.errors = 0
+        self.first_error: str | None = None
+        self.end = 0.0
+        self.deadline = float("inf")
+        self.stride = max(1, len(pool) // concurrency)
+        self.threads = [threading.Thread(target=self._worker, args=(i,), daemon=True) for i in range(concurrency)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def warmed_up(self, timeout_s: float | None) -> bool:
+        """Wait for every stream's warm-up; ``False`` (and the streams released) when it took over ``timeout_s``."""
+        try:
+            self.warmed.wait(timeout_s)
+        except threading.BrokenBarrierError:
+            self.go.abort()
+            return False
+        return True
+
+    def open_window(self, duration_s: float | None) -> float:
+        """Start the clock and release the streams; returns the window's start."""
+        start = time.perf_counter()
+        if duration_s is not None:
+            self.deadline = start + duration_s
+        self.go.wait()
+        return start
+
+    def join(self, start: float, timeout_s: float | None) -> None:
+        """Wait for the streams; those still busy ``timeout_s`` after ``start`` count as errors."""
+        for thread in self.threads:
+            thread.join(None if timeout_s is None else max(0.0, start + timeout_s - time.perf_counter()))
+        stuck = sum(thread.is_alive() for thread in self.threads)
+        if stuck:
+            with self.lock:
+                self.errors += stuck
+                self.first_error = self.first_error or f"{stuck} stream(s) still busy after {timeout_s:.0f} s"
+
+    def result(self, start: float) -> TimingResult:
+        wall = (self.end or time.perf_counter()) - start
+        return TimingResult(
+            latencies_s=self.latencies,
+            images=self.images,
+            wall_s=max(wall, 0.0),
+            concurrency=self.concurrency,
+            warmup=self.warmup,
+            errors=self.errors,
+            first_error=self.first_error,
+        )
+
+    def _wanted(self) -> bool:
+        """Whether a stream may issue one more measured request (and count it as issued)."""
+        with self.lock:
+            if self.iters is not None:
+                if self.issued >= self.iters:
+                    return False
+            elif time.perf_counter() >= self.deadline and self.issued >= self.min_iters:
+                return False
+            self.issued += 1
+            return True
+
+    def _failed(self, message: str) -> None:
+        with self.lock:
+            self.errors += 1
+            self.first_error = self.first_error or message
+
+    def _worker(self, thread_index: int) -> None:
+        batches = self.pool.cycle(thread_index * self.stride)
+        try:
+            for _ in range(self.warmup):
+                self.call(next(batches))
+        except Exception as exc:  # noqa: BLE001 - reported in the cell, not raised from a thread
+            self._failed(f"warm-up: {exc.__class__.__name__}: {exc}")
+        try:
+            self.warmed.wait()
+            self.go.wait()
+        except threading.BrokenBarrierError:
+            return  # the caller gave up on a stuck warm-up
+        while self._wanted():
+            batch = next(batches)
+            start = time.perf_counter()
+            try:
+                self.call(batch)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(f"{exc.__class__.__name__}: {exc}")
+                continue
+            end = time.perf_counter()
+            with self.lock:
+                self.latencies.append(end - start)
+                self.images += self.pool.batch_size
+                self.end = max(self.end, end)

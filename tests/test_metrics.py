@@ -43,6 +43,10 @@ def test_roc_curve_starts_at_origin_and_ends_at_one_when_both_classes_present() 
     assert (fpr[0], tpr[0], thresholds[0]) == (0.0, 0.0, np.inf)
     assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    # by hand, scores descending 0.9 (fake), 0.7 (real), 0.6 (fake), 0.2 (real): one point per threshold
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert thresholds[1:].tolist() == pytest.approx([0.9, 0.7, 0.6, 0.2])
 
 
 def test_metrics_return_nan_when_a_class_is_missing() -> None:
@@ -61,13 +65,19 @@ def test_threshold_for_fpr_is_just_above_the_allowed_real_scores_when_target_is_
     assert np.mean(real >= lower) > 0.05
 
 
-@pytest.mark.parametrize(("target", "expected_fpr"), [(0.0, 0.0), (1.0, 1.0)])
-def test_threshold_for_fpr_handles_extremes_when_target_is_zero_or_one(target: float, expected_fpr: float) -> None:
+# target 0: just above the highest real score (one float32 ulp); target 1: everything passes, threshold 0
+@pytest.mark.parametrize(
+    ("target", "expected_fpr", "expected_threshold"),
+    [(0.0, 0.0, float(np.nextafter(np.float32(0.7), np.float32(1)))), (1.0, 1.0, 0.0)],
+)
+def test_threshold_for_fpr_handles_extremes_when_target_is_zero_or_one(
+    target: float, expected_fpr: float, expected_threshold: float
+) -> None:
     real = np.array([0.1, 0.5, 0.7], dtype=np.float32)
     threshold, achieved = threshold_for_fpr(real, target)
+    assert threshold == expected_threshold
     assert achieved == expected_fpr
-    if target == 1.0:
-        assert threshold == 0.0
+    assert np.mean(real >= np.float32(threshold)) == expected_fpr  # the rate the threshold really gives
 
 
 def test_threshold_for_fpr_raises_when_no_real_scores() -> None:
@@ -87,5 +97,14 @@ def test_detection_metrics_splits_real_and_fake_accuracy_when_threshold_given() 
     assert metrics["real_accuracy"] == 0.75
     assert metrics["fake_accuracy"] == 0.75
     assert metrics["accuracy"] == 0.75
-    assert (metrics["n_real"], metrics["n_fake"]) == (4, 4)
-    assert metrics["roc_auc"] == pytest.approx(roc_auc(is_fake, p_fake))
+    assert (metrics["n"], metrics["n_real"], metrics["n_fake"]) == (8, 4, 4)
+    # by hand: of the 16 (fake, real) pairs only (0.4, 0.8) and (0.7, 0.8) are misordered -> 14 / 16
+    assert metrics["roc_auc"] == pytest.approx(14 / 16)
+    # fakes rank 1, 2, 4, 5 by score: precision 1, 1, 3/4, 4/5 at recall 1/4 .. 1
+    assert metrics["average_precision"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 5) / 4)
+
+
+def test_detection_metrics_gives_none_not_nan_when_a_class_is_missing() -> None:
+    metrics = detection_metrics(np.array([0, 0, 0]), np.array([0.2, 0.6, 0.9]), threshold=0.5)
+    assert metrics["roc_auc"] is None and metrics["average_precision"] is None
+    assert metrics["fake_accuracy"] is None and metrics["real_accuracy"] == pytest.approx(1 / 3)
