@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aigi.benchmarks.runtimes import RuntimeUnavailableError
-from aigi.checkpoint import CheckpointMeta, load_meta
+from aigi.checkpoint import CheckpointMeta, TrainingSummary, load_meta
 from aigi.errors import AigiError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ def random_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> P
         task="binary",
         labels=list(BINARY_LABELS),
         preprocessing=PreprocessSpec(size=preset.image_size),
-        training={"note": "random initialization written by aigi bench for speed measurements"},
+        training=TrainingSummary.from_dict(
+            {"note": "random initialization written by aigi bench for speed measurements"}
+        ),
     )
     save_checkpoint(out_dir, detector, meta)
     return Path(out_dir)

@@ -65,7 +65,8 @@ class CellTiming:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellTiming:
         """Read the timing keys of a cell (or of a timing summary); other keys are ignored."""
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}  # JSON values, as read
+        return cls(**values)
 
 
 @dataclass
@@ -146,6 +147,17 @@ class BenchCell:
     @property
     def images_per_s(self) -> float | None:
         return self.timing.images_per_s if self.timing is not None else None
+
+    @property
+    def measured(self) -> CellTiming:
+        """The timing of a cell that ran (every ``ok`` cell has one).
+
+        Raises:
+            ValueError: the cell has no timing (its inputs could not be prepared).
+        """
+        if self.timing is None:
+            raise ValueError(f"cell {self.key} has no timing")
+        return self.timing
 
     @property
     def key(self) -> tuple[str, int, int]:

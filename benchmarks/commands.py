@@ -5,10 +5,25 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 logger = logging.getLogger(__name__)
 
-QUICK = {
+
+class Sweep(TypedDict, total=False):
+    """The sweep settings of a :class:`~aigi.benchmarks.harness.BenchConfig` set by ``--quick`` or a flag."""
+
+    batch_sizes: tuple[int, ...]
+    concurrency: tuple[int, ...]
+    duration_s: float
+    iters: int
+    min_iters: int
+    warmup: int
+    pool_batches: int
+    agreement_images: int
+
+
+QUICK: Sweep = {
     "batch_sizes": (1, 8),
     "concurrency": (1, 2),
     "duration_s": 1.0,
@@ -99,24 +114,34 @@ def _list_runtimes() -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> Sweep:
+    """``--quick``'s settings (when given), overridden by each sweep flag given; BenchConfig's defaults for the rest."""
+    sweep = QUICK.copy() if args.quick else Sweep()
+    if args.batch_sizes is not None:
+        sweep["batch_sizes"] = args.batch_sizes
+    if args.concurrency is not None:
+        sweep["concurrency"] = args.concurrency
+    if args.duration is not None:
+        sweep["duration_s"] = args.duration
+    if args.iters is not None:
+        sweep["iters"] = args.iters
+    if args.min_iters is not None:
+        sweep["min_iters"] = args.min_iters
+    if args.warmup is not None:
+        sweep["warmup"] = args.warmup
+    if args.pool_batches is not None:
+        sweep["pool_batches"] = args.pool_batches
+    if args.agreement_images is not None:
+        sweep["agreement_images"] = args.agreement_images
+    return sweep
+
+
 def _bench(args: argparse.Namespace) -> int:
     from aigi.benchmarks.harness import BenchConfig, run_bench
     from aigi.benchmarks.report import JSON_NAME, MARKDOWN_NAME
 
     if args.list:
         return _list_runtimes()
-    settings = dict(QUICK) if args.quick else {}
-    flags = {
-        "batch_sizes": args.batch_sizes,
-        "concurrency": args.concurrency,
-        "duration_s": args.duration,
-        "iters": args.iters,
-        "min_iters": args.min_iters,
-        "warmup": args.warmup,
-        "pool_batches": args.pool_batches,
-        "agreement_images": args.agreement_images,
-    }
-    settings.update({key: value for key, value in flags.items() if value is not None})
     config = BenchConfig(
         out=args.out,
         model=args.model,
@@ -130,7 +155,7 @@ def _bench(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         perf_analyzer=args.perf_analyzer,
         workdir=args.workdir,
-        **settings,
+        **_sweep(args),
     )
     results = run_bench(config)
     ok = [cell for cell in results["cells"] if cell.ok]

@@ -129,23 +129,29 @@ def plan(config: BenchConfig, workdir: Path) -> _Plan:
         else:
             available.append(spec)
     triton_precisions = {spec.precision for spec in available if spec.family == "triton"}
-    common = {
-        "max_batch": config.max_batch,
-        "triton_precisions": triton_precisions,
-        "repos": config.repos,
-        "triton_threads": config.triton_threads,
-    }
-    if same:
-        speed = ArtifactStore(config.checkpoint, workdir / "speed", weights="checkpoint", **common)
+
+    def store(checkpoint: Path, folder: str, weights: str, repos: list[Path]) -> ArtifactStore:
+        return ArtifactStore(
+            checkpoint,
+            workdir / folder,
+            max_batch=config.max_batch,
+            triton_precisions=triton_precisions,
+            repos=repos,
+            triton_threads=config.triton_threads,
+            weights=weights,
+        )
+
+    # meta is read from config.checkpoint: `same` and `meta is not None` both mean a checkpoint was given
+    if same and config.checkpoint is not None:
+        speed = store(config.checkpoint, "speed", "checkpoint", config.repos)
         agreement = speed
     else:
         checkpoint = random_checkpoint(name, workdir / "random-init")
         # --repo serves the checkpoint's own export, which speed cells on another architecture cannot use
-        speed_common = {**common, "repos": [] if meta is not None else config.repos}
-        speed = ArtifactStore(checkpoint, workdir / "speed", weights="random-init", **speed_common)
+        speed = store(checkpoint, "speed", "random-init", [] if meta is not None else config.repos)
         agreement = (
-            ArtifactStore(config.checkpoint, workdir / "agreement", weights="checkpoint", **common)
-            if meta is not None
+            store(config.checkpoint, "agreement", "checkpoint", config.repos)
+            if config.checkpoint is not None
             else speed
         )
     preset = get_preset(name)
@@ -444,7 +450,7 @@ def _add_speedups(cells: list[BenchCell]) -> None:
     }
     for cell in cells:
         base = baseline.get(cell.batch)
-        cell.speedup = cell.images_per_s / base if base and cell.ok else None
+        cell.speedup = cell.measured.images_per_s / base if base and cell.ok else None
 
 
 def _model_dict(the_plan: _Plan, flops: dict[str, Any]) -> dict[str, Any]:

@@ -260,10 +260,11 @@ def wait_for_fault(
                 for tally, thread in zip(tallies, threads, strict=True)
                 if thread.is_alive()
             ]
-            if any(moment is None for moment in answered):
+            moments = [moment for moment in answered if moment is not None]
+            if len(moments) < len(answered):  # a live worker has not been answered since the server came back
                 time.sleep(0.05)
                 continue
-            planned = max(planned, max(answered, default=now) + tail_s)
+            planned = max(planned, max(moments, default=now) + tail_s)
         if now >= planned:
             return True
         time.sleep(min(0.05, planned - now))

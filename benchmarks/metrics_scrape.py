@@ -152,7 +152,7 @@ def split_latency(
     """
     entry = delta.get(entry_model)
     requests = entry.get("nv_inference_request_success", 0.0) if entry else 0.0
-    if not requests:
+    if entry is None or not requests:
         return {}
     per_model = {}
     queue_us = compute_us = 0.0

@@ -34,14 +34,14 @@ def _style(index: int, runtime: str) -> dict:
 
 
 def plot_throughput_vs_batch(cells: Sequence[BenchCell], out_dir: Path, title: str) -> Path | None:
-    """Images/s against batch size, one line per runtime at its lowest concurrency (log-log)."""
+    """Images/s of ``ok`` cells against batch size, one line per runtime at its lowest concurrency (log-log)."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
     lowest: dict[str, int] = {}
     for cell in cells:
         lowest[cell.runtime] = min(lowest.get(cell.runtime, cell.concurrency), cell.concurrency)
     for cell in cells:
         if cell.concurrency == lowest[cell.runtime]:
-            series[cell.runtime][cell.batch] = cell.images_per_s
+            series[cell.runtime][cell.batch] = cell.measured.images_per_s
     if not series:
         return None
     plt = _pyplot()
@@ -65,13 +65,13 @@ def plot_throughput_vs_batch(cells: Sequence[BenchCell], out_dir: Path, title: s
 
 
 def plot_latency_vs_concurrency(cells: Sequence[BenchCell], out_dir: Path, title: str) -> Path:
-    """p50 latency (with a p99 whisker) against concurrency, one line per runtime and batch size.
+    """p50 latency of ``ok`` cells (with a p99 whisker) against concurrency, one line per runtime and batch size.
 
     Only runtimes that sweep concurrency (servers) have more than one point; without any, the figure says so.
     """
     series: dict[tuple[str, int], dict[int, tuple[float, float]]] = defaultdict(dict)
     for cell in cells:
-        series[(cell.runtime, cell.batch)][cell.concurrency] = (cell.timing.p50_ms, cell.timing.p99_ms)
+        series[(cell.runtime, cell.batch)][cell.concurrency] = (cell.measured.p50_ms, cell.measured.p99_ms)
     swept = {key: points for key, points in series.items() if len(points) > 1}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.5))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from aigi.benchmarks.cells import CellTiming
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 PERCENTILES = (50, 90, 99)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float] | npt.NDArray[np.float64], q: float) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
     if len(values) == 0:
         return float("nan")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,8 @@ class TorchRuntime(BaseRuntime):
         self._torch = torch
         self.device = torch.device("cuda" if self.on_gpu else "cpu")
         detector = self.store.load_detector()
-        self.model = ExportableDetector(detector).eval().to(self.device)
+        # the module, or what torch.compile wraps it in; None after teardown()
+        self.model: Callable[..., Any] | None = ExportableDetector(detector).eval().to(self.device)
         mode = self.spec.option("mode", "eager")
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.spec.precision)
         if mode == "compile":
@@ -75,8 +77,11 @@ class TorchRuntime(BaseRuntime):
 
     def run(self, prepared: Any) -> np.ndarray:
         """Forward pass; copying ``probs`` to the host synchronizes the device."""
+        model = self.model
+        if model is None:
+            raise RuntimeError(f"{self.name} was torn down")
         with self._torch.inference_mode(), self._context():
-            _, probs, _ = self.model(prepared)
+            _, probs, _ = model(prepared)
         return probs.float().cpu().numpy()
 
     def sync(self) -> None:

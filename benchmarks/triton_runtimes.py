@@ -54,6 +54,7 @@ def precheck(spec: RuntimeSpec) -> str | None:
 
 class _TritonBase(BaseRuntime):
     concurrent = True
+    target: str  # the model the runtime calls, set by each subclass's setup()
 
     def setup(self) -> None:
         """Start (or reuse) the server for this precision and check the target model answers."""

@@ -23,10 +23,12 @@ from aigi.client.core import (
     finish,
     network_model_of,
     newest_version,
+    payloads,
+    prepare_window,
     rejected_result,
     split_chunks,
 )
-from aigi.client.images import Prepared, prepare, windows
+from aigi.client.images import Prepared, windows
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
 from aigi.client.retry import Attempts
@@ -115,9 +117,7 @@ class AsyncDetector(DetectorSettings):
         local_failures: set[str] = set()
         for window in windows(as_iterable(images), self.window(info)):
             # decoding and preprocessing are CPU work; keep them off the event loop
-            items = await asyncio.to_thread(
-                lambda window=window: [prepare(image, index, local_spec, limits) for index, image in window]
-            )
+            items = await asyncio.to_thread(prepare_window, window, local_spec, limits)
             local_failures.update(item.source for item in items if item.error)
             chunks = split_chunks(items, info.max_batch_size)
             answered = await asyncio.gather(*(self._run_chunk(chunk) for chunk in chunks))
@@ -137,13 +137,12 @@ class AsyncDetector(DetectorSettings):
 
     async def _infer(self, chunk: list[Prepared]) -> list[Result]:
         client = self._client()
-        inputs, outputs = wire.build_request(
-            self._module, [item.payload for item in chunk], client_side=self.preprocess == "client"
-        )
-        assert self._semaphore is not None
+        inputs, outputs = wire.build_request(self._module, payloads(chunk), client_side=self.preprocess == "client")
+        semaphore = self._semaphore
+        assert semaphore is not None, "made with the client"
 
         async def send() -> Any:
-            async with self._semaphore:
+            async with semaphore:
                 self.count(requests=1)
                 return await client.infer(self._target, inputs, outputs=outputs, **self.timeout_kwargs())
 

@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 
 from aigi.client import protocol as wire
-from aigi.client.images import Prepared
+from aigi.client.images import Prepared, prepare
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
 from aigi.errors import ClientError, InvalidImageError, RequestRejectedError
-from aigi.preprocessing import ImageInput
+from aigi.preprocessing import ImageInput, PreprocessSpec
 
 
 @dataclass
@@ -136,8 +136,22 @@ def as_iterable(images: Iterable[ImageInput] | ImageInput) -> Iterable[ImageInpu
     """The images of a ``detect`` call: one image (a path, bytes, an array, a PIL image) becomes a list of one."""
     single = (str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image)
     if isinstance(images, single) or not isinstance(images, Iterable):
-        return [images]  # type: ignore[list-item]
+        return [images]
     return images
+
+
+def prepare_window(
+    window: list[tuple[int, ImageInput]], local_spec: PreprocessSpec | None, limits: PreprocessSpec
+) -> list[Prepared]:
+    """Prepare one window of ``(index, image)`` pairs (see :func:`aigi.client.images.prepare`)."""
+    return [prepare(image, index, local_spec, limits) for index, image in window]
+
+
+def payloads(chunk: list[Prepared]) -> list[bytes | np.ndarray]:
+    """The payloads of one request's images (:func:`split_chunks` puts only prepared images in a chunk)."""
+    ready = [item.payload for item in chunk if item.payload is not None]
+    assert len(ready) == len(chunk), "a chunk holds only prepared images"
+    return ready
 
 
 def split_chunks(items: list[Prepared], size: int) -> list[list[Prepared]]:

@@ -37,10 +37,12 @@ from aigi.client.core import (
     finish,
     network_model_of,
     newest_version,
+    payloads,
+    prepare_window,
     rejected_result,
     split_chunks,
 )
-from aigi.client.images import Prepared, prepare, windows
+from aigi.client.images import Prepared, windows
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
 from aigi.client.retry import Attempts
@@ -164,7 +166,7 @@ class Detector(DetectorSettings):
         final: list[Result] = []
         local_failures: set[str] = set()
         for window in windows(as_iterable(images), self.window(info)):
-            items = [prepare(image, index, local_spec, limits) for index, image in window]
+            items = prepare_window(window, local_spec, limits)
             local_failures.update(item.source for item in items if item.error)
             chunks = split_chunks(items, info.max_batch_size)
             if len(chunks) <= 1 or self.max_in_flight == 1:
@@ -194,9 +196,7 @@ class Detector(DetectorSettings):
 
     def _infer(self, chunk: list[Prepared]) -> list[Result]:
         client = self._client()
-        inputs, outputs = wire.build_request(
-            self._module, [item.payload for item in chunk], client_side=self.preprocess == "client"
-        )
+        inputs, outputs = wire.build_request(self._module, payloads(chunk), client_side=self.preprocess == "client")
 
         def send() -> Any:
             self.count(requests=1)

@@ -90,10 +90,10 @@ def default_parity_dir(meta: CheckpointMeta) -> Path | None:
     return path if path.is_dir() else None  # a CSV manifest or a folder gone since training: no default
 
 
-def _parity_inputs(options: ExportOptions, meta: CheckpointMeta) -> tuple[list[parity.ParityBatch], dict]:
+def _parity_inputs(options: ExportOptions, meta: CheckpointMeta) -> tuple[list[parity.ParityBatch], dict[str, Any]]:
     size = meta.preprocessing.size
     batches = parity.random_batches(size)
-    description = {"random_batches": list(parity.RANDOM_BATCH_SIZES)}
+    description: dict[str, Any] = {"random_batches": list(parity.RANDOM_BATCH_SIZES)}
     source = options.parity_data or default_parity_dir(meta)
     if options.parity_data is not None and not Path(options.parity_data).exists():
         raise ExportError(f"--parity-data {options.parity_data}: no such file or folder")

@@ -310,8 +310,8 @@ def _config_message(config: TritonModelConfig) -> Message:
                 entry.append(("count", warmup.count))
             warmups.append(entry)
         message.append(("model_warmup", warmups))
-    for key, value in config.parameters.items():
-        message.append(("parameters", [("key", key), ("value", [("string_value", str(value))])]))
+    for key, setting in config.parameters.items():
+        message.append(("parameters", [("key", key), ("value", [("string_value", str(setting))])]))
     return message
 
 

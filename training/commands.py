@@ -91,7 +91,7 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     test = report["test"]
-    keys = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc")
+    keys: tuple[str, ...] = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc")
     keys += ("attribution_accuracy", "attribution_accuracy_fakes")
     summary = {k: round(test[k], 4) for k in keys if test.get(k) is not None}
     summary["threshold"] = round(report["threshold"], 6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -78,8 +79,10 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.inner = DistributedSampler(
-            range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        # DistributedSampler only takes len() of its dataset, but torch annotates it as Dataset: a range serves
+        indices = cast("Dataset[int]", range(size))
+        self.inner: DistributedSampler[int] = DistributedSampler(
+            indices, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
         )
         self.epoch = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import nn
 from aigi.checkpoint import WEIGHTS_FILENAME, ArchitectureMeta, CheckpointMeta, load_meta, save_meta
 from aigi.errors import CheckpointError, ModelSourceError, SettingsError
 from aigi.training.presets import get_preset
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionModel
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +43,14 @@ class ResidualPatchEmbedding(nn.Module):
     def __init__(self, patch_embedding: nn.Conv2d, scale: float) -> None:
         super().__init__()
         self.rgb = patch_embedding
+        # a Conv2d's kernel_size and stride are pairs; torch annotates them as tuple[int, ...]
+        kernel_h, kernel_w = patch_embedding.kernel_size
+        stride_h, stride_w = patch_embedding.stride
         self.residual = nn.Conv2d(
             2 * patch_embedding.in_channels,
             patch_embedding.out_channels,
-            kernel_size=patch_embedding.kernel_size,
-            stride=patch_embedding.stride,
+            kernel_size=(kernel_h, kernel_w),
+            stride=(stride_h, stride_w),
             bias=False,
         )
         nn.init.zeros_(self.residual.weight)
@@ -64,7 +71,12 @@ class Detector(nn.Module):
     """CLIP vision tower + linear head; ``forward`` returns logits ``[B, C]``."""
 
     def __init__(
-        self, vision: nn.Module, num_labels: int, residual_stem: bool, residual_scale: float, pooling: str = "cls"
+        self,
+        vision: CLIPVisionModel,
+        num_labels: int,
+        residual_stem: bool,
+        residual_scale: float,
+        pooling: str = "cls",
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -73,7 +85,10 @@ class Detector(nn.Module):
         self.pooling = pooling
         if residual_stem:
             embeddings = vision.embeddings
-            embeddings.patch_embedding = ResidualPatchEmbedding(embeddings.patch_embedding, residual_scale)
+            # transformers declares a Conv2d here; the stem stands in for it (it calls the module and reads .weight)
+            embeddings.patch_embedding = ResidualPatchEmbedding(  # type: ignore[assignment]
+                embeddings.patch_embedding, residual_scale
+            )
         self.head = nn.Linear(vision.config.hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -81,7 +96,10 @@ class Detector(nn.Module):
     @property
     def image_size(self) -> int:
         """Input side the tower was built for."""
-        return int(self.vision.config.image_size)
+        size = self.vision.config.image_size
+        if size is None or isinstance(size, (list, tuple)):  # transformers allows these; a CLIP tower is square
+            raise TypeError(f"the vision tower's image_size must be one int, got {size!r}")
+        return int(size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         outputs = self.vision(pixel_values=pixel_values)
@@ -105,7 +123,7 @@ class ExportableDetector(nn.Module):
         return logits, probs, 1.0 - probs[:, :1]
 
 
-def _vision_from_config(config_dict: dict):
+def _vision_from_config(config_dict: dict[str, Any]) -> CLIPVisionModel:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config = CLIPVisionConfig(**config_dict)
@@ -113,7 +131,7 @@ def _vision_from_config(config_dict: dict):
     return CLIPVisionModel(config)
 
 
-def _vision_from_pretrained(source: str):
+def _vision_from_pretrained(source: str) -> CLIPVisionModel:
     from transformers import CLIPVisionModel
 
     try:

@@ -104,6 +104,8 @@ def _interp_matrix(n_in: int, factor: int, kind: str) -> np.ndarray:
     src = (np.arange(n_out) + 0.5) / factor - 0.5
     base = np.floor(src).astype(int)
     frac = src - base
+    offsets: tuple[int, ...]
+    weights: tuple[np.ndarray, ...]
     if kind == "linear":
         offsets, weights = (0, 1), (1 - frac, frac)
     else:  # Keys cubic, a = -0.5
@@ -278,6 +280,8 @@ def _generate(name: str, kernels: _Kernels, source: np.ndarray, rng: np.random.G
         for stage in kernels.stages:
             up = _conv3(_upsample(noisy(up), 2, "linear"), stage)
     elif name == "ldm_autoencoder":
+        if kernels.encode is None or kernels.decode is None:
+            raise ValueError(f"{name}: the generator's kernels lack the latent encode/decode mixes")
         factor, low = 8, _area_down(x, 8)
         latent = _mix(noisy(low), kernels.encode)
         up = _mix(latent, kernels.decode)
@@ -378,14 +382,14 @@ class _Task(NamedTuple):
     seed: int
     split: str
     label: str
-    index: int
+    image_index: int  # not `index`: a NamedTuple field of that name would shadow tuple.index
     size: int
     photos: tuple[str, ...]
 
 
 def _make_one(task: _Task) -> tuple[str, str, str]:
     """Build and write one image; its randomness comes only from (seed, split, label, index)."""
-    rng = np.random.default_rng([task.seed, SPLITS.index(task.split), CLASSES.index(task.label), task.index])
+    rng = np.random.default_rng([task.seed, SPLITS.index(task.split), CLASSES.index(task.label), task.image_index])
     source = _random_crop(rng, task.photos, task.size)
     image = source
     if task.label != REAL:
@@ -394,7 +398,7 @@ def _make_one(task: _Task) -> tuple[str, str, str]:
         generated = _generate(task.label, _KERNEL_CACHE[task.label], source, rng)
         image = _match_stats(generated, source, gray=_is_gray(source))
     data, extension = _encode(image, rng)
-    (Path(task.out_dir) / task.split / task.label / f"{task.index:05d}.{extension}").write_bytes(data)
+    (Path(task.out_dir) / task.split / task.label / f"{task.image_index:05d}.{extension}").write_bytes(data)
     return task.split, task.label, extension
 
 

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,9 +36,12 @@ from aigi.preprocessing import PreprocessSpec
 from aigi.training.augment import AugmentConfig
 from aigi.training.data import EpochSampler, ImageDataset, ShardSampler, make_loader
 from aigi.training.evaluate import predict_logits
-from aigi.training.model import apply_finetune_mode, build_from_meta, create_detector, save_checkpoint
+from aigi.training.model import Detector, apply_finetune_mode, build_from_meta, create_detector, save_checkpoint
 from aigi.training.presets import get_preset
 from aigi.training.resume import read_state, restore_state, save_state
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +165,7 @@ def _use_grad_checkpointing(mode: str, source: str, vision_config: dict[str, Any
     return int(vision_config.get("num_hidden_layers", 0)) >= 24  # ViT-L and larger
 
 
-def _enable_grad_checkpointing(vision: torch.nn.Module) -> None:
+def _enable_grad_checkpointing(vision: PreTrainedModel) -> None:
     kwargs = {"use_reentrant": False}  # the reentrant variant drops gradients when inputs need none (frozen stems)
     if hasattr(vision, "activation_checkpointing_enable"):  # transformers >= 5
         vision.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -223,7 +226,11 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
         pixels = pixels.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum == 0 or step + 1 == steps
-        sync = contextlib.nullcontext() if update or dist_info.world_size == 1 else model.no_sync()
+        # model is the DDP wrapper exactly when several ranks run (see _build_optimization)
+        if update or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        else:
+            sync = model.no_sync()
         autocast = torch.autocast(device.type, dtype=opt.amp_dtype) if opt.amp_dtype else contextlib.nullcontext()
         with sync:
             with autocast:
@@ -325,9 +332,10 @@ class _Data:
 class _Model:
     """The detector on its device, and how it was built."""
 
-    detector: torch.nn.Module
+    detector: Detector
     arch: ArchitectureMeta
     spec: PreprocessSpec
+    parameters: int  # parameters of the detector
     trainable: int  # parameters the fine-tuning mode trains
     grad_checkpointing: bool
 
@@ -445,7 +453,8 @@ def _build_model(config: TrainConfig, saved: dict[str, Any] | None, num_labels: 
     if grad_ckpt:
         _enable_grad_checkpointing(detector.vision)
     detector.to(device)
-    return _Model(detector, arch, spec, trainable, grad_ckpt)
+    parameters = sum(p.numel() for p in detector.parameters())
+    return _Model(detector, arch, spec, parameters, trainable, grad_ckpt)
 
 
 def _prepare_data(
@@ -535,20 +544,20 @@ def _initial_summary(
         amp=str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else "off",
         device=str(dist_info.device),
         world_size=dist_info.world_size,
-        parameters=sum(p.numel() for p in net.detector.parameters()),
+        parameters=net.parameters,
         trainable_parameters=net.trainable,
         epochs=config.epochs,
     )
 
 
 def _log_start(run: _Run) -> None:
-    config, summary = run.config, run.summary
+    config, net = run.config, run.net
     logger.info(
         "training %s (%s, %.2fM params, %.2fM trainable) on %d images (%d val), %d classes, lr %.1e, %s, %d rank(s)",
         config.model,
         config.finetune,
-        summary.parameters / 1e6,
-        summary.trainable_parameters / 1e6,
+        net.parameters / 1e6,
+        net.trainable / 1e6,
         len(run.data.train_set),
         len(run.data.val_set),
         len(run.data.labels),
@@ -618,6 +627,8 @@ def _save_progress(run: _Run, epoch: int, improved: bool) -> None:
         "best": state.best,
     }
     save_state(run.out, run.net.detector, run.opt.optimizer, run.opt.scheduler, run.opt.scaler, payload)
+    if state.best is None:  # cannot happen: _run_epochs sets it before saving, as any first epoch beats None
+        raise RuntimeError(f"{run.out}: no best epoch recorded after epoch {epoch + 1}")
     write_json_atomic(run.out / METRICS_FILENAME, {"history": state.history, "best_epoch": state.best["epoch"]})
 
 

@@ -262,8 +262,8 @@ def _print_ready(server: Any) -> None:
     print("serving; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
 
 
-def _install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
-    previous = {}
+def _install_stop_handlers(stop: threading.Event) -> dict[signal.Signals, Any]:
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is not threading.main_thread():
         return previous  # signals can only be handled in the main thread (tests call main() elsewhere)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -271,6 +271,6 @@ def _install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
     return previous
 
 
-def _restore_handlers(previous: dict[int, Any]) -> None:
+def _restore_handlers(previous: dict[signal.Signals, Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)

@@ -243,7 +243,10 @@ def _decode_pil(source: ImageInput, max_pixels: int, max_bytes: int) -> Image.Im
         image.load()
         # in place for images opened here (saves a full copy); a caller's PIL image must not change
         ours = not isinstance(source, Image.Image)
-        image = ImageOps.exif_transpose(image, in_place=ours) or image
+        if ours:
+            ImageOps.exif_transpose(image, in_place=True)
+        else:
+            image = ImageOps.exif_transpose(image)
     return image
 
 
@@ -254,8 +257,9 @@ def _peak(image: Image.Image) -> float:
     """
     if image.mode.startswith("I;16"):
         return 65535.0
-    highest = image.getextrema()[1]
-    return 65535.0 if highest > 255 else 255.0
+    low_high = image.getextrema()  # one (min, max) pair: wide modes have one band
+    highest = low_high[1]
+    return 65535.0 if isinstance(highest, (int, float)) and highest > 255 else 255.0
 
 
 def _wide_to_gray(image: Image.Image, peak: float) -> np.ndarray:

@@ -166,7 +166,11 @@ def _summary_hints() -> dict[str, Any]:
 
 
 def _default(item: Field) -> Any:
-    return item.default_factory() if item.default is MISSING else item.default
+    if item.default is not MISSING:
+        return item.default
+    factory = item.default_factory
+    assert callable(factory), f"field {item.name} has no default"
+    return factory()
 
 
 def _accepts(hint: Any, value: Any) -> bool:

@@ -36,6 +36,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from aigi.errors import ServerError
 
@@ -187,7 +188,7 @@ class TritonServer:
         self.log_file: Path | None = None
         self._workdir: Path | None = None
         self._proc: subprocess.Popen | None = None
-        self._log_handle = None
+        self._log_handle: BinaryIO | None = None
         self._log_offset = 0
         self.shm_prefix = ""
         self.started_at = 0.0

@@ -88,7 +88,7 @@ def write_manifest(repo: str | Path, exports: dict[str, Any]) -> Path:
         relative.as_posix(): {"sha256": sha256_file(repo / relative), "size": (repo / relative).stat().st_size}
         for relative in covered_files(repo)
     }
-    latest = max(merged.values(), key=lambda entry: entry.get("created", ""), default={})
+    latest: dict[str, Any] = max(merged.values(), key=lambda entry: entry.get("created", ""), default={})
     payload = {
         "format": MANIFEST_FORMAT,
         "aigi_version": __version__,
@@ -155,9 +155,9 @@ def verify_manifest(repo: str | Path) -> tuple[list[ManifestProblem], int]:
             problems.append(ManifestProblem(relative, "sha256 differs from MANIFEST.json (modified after export)"))
         else:
             verified += 1
-    for relative in covered_files(repo):
-        if relative.as_posix() not in listed:
-            problems.append(ManifestProblem(relative.as_posix(), "not listed in MANIFEST.json (unexpected file)"))
+    for covered in covered_files(repo):
+        if covered.as_posix() not in listed:
+            problems.append(ManifestProblem(covered.as_posix(), "not listed in MANIFEST.json (unexpected file)"))
     for folder in _model_folders(repo):
         for link in _walk(folder)[1]:
             problems.append(
