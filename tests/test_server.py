@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -144,22 +145,25 @@ def test_print_docker_names_triton_image_and_repo_when_asked(tmp_path, capsys) -
 
 
 @pytest.mark.triton
-def test_serve_command_prints_endpoints_and_stops_cleanly_when_sent_sigterm(serve_repo) -> None:
-    ports = [free_port() for _ in range(3)]
+def test_serve_command_prints_endpoints_reports_ready_health_and_stops_cleanly_when_sent_sigterm(serve_repo) -> None:
+    ports = [free_port() for _ in range(4)]
     command = [sys.executable, "-m", "aigi.cli", "serve", "--repo", str(serve_repo)]
     command += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
-    command += ["--health-port", "0"]
+    command += ["--health-port", str(ports[3])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     try:
         lines = []
-        for line in process.stdout:  # blocks until the server is ready (or the command fails)
+        for line in process.stdout:  # blocks until the server is ready and canaried (or the command fails)
             lines.append(line)
-            if line.startswith("{"):
+            if line.startswith("health "):
                 break
-        ready = json.loads(lines[-1])
+        ready = json.loads(next(line for line in lines if line.startswith("{")))
         assert ready["event"] == "ready"
         assert ready["grpc"] == f"127.0.0.1:{ports[1]}"
         assert any(line.startswith("model   aigi ") for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[3]}/ready", timeout=5) as response:
+            health = json.loads(response.read())
+        assert health["ready"] is True and health["state"] == "serving"
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:

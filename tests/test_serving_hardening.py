@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -315,28 +314,6 @@ def test_serve_leaves_repository_verifiable_when_it_has_served(serve_repo: Path,
     with TritonServer(repo) as server:
         assert canary(server.endpoints["http_url"]).ok
     assert verify_manifest(repo)[0] == []  # no bytecode written next to the sealed sources
-
-
-def test_serve_command_reports_ready_on_health_port_when_started(serve_repo: Path) -> None:
-    ports = [free_port() for _ in range(4)]
-    command = [sys.executable, "-m", "aigi.cli", "serve", "--repo", str(serve_repo), "--canary-interval", "0.5"]
-    for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port", "--health-port"), ports, strict=True):
-        command += [flag, str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in process.stdout:
-            if line.startswith("health "):
-                break
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports[3]}/ready", timeout=5) as response:
-            body = json.loads(response.read())
-        assert body["ready"] is True and body["state"] == "serving"
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stderr
 
 
 def test_health_command_exits_zero_when_ensemble_answers_and_one_when_nothing_listens(triton_server, capsys) -> None:
