@@ -18,7 +18,7 @@ import pytest
 
 from aigi.errors import ServerError
 from aigi.server import TritonServer, free_port
-from aigi.server_commands import docker_command
+from aigi.server_commands import docker_command, image_name
 
 
 def _grpc(server):
@@ -134,14 +134,16 @@ def test_triton_server_raises_server_error_when_a_fixed_port_is_taken(triton_ser
         server.stop()
 
 
-def test_print_docker_names_triton_image_and_repo_when_asked(tmp_path, capsys) -> None:
+def test_print_docker_names_the_aigi_image_the_repo_and_the_ports_when_asked(tmp_path, capsys) -> None:
     from aigi.cli import main
 
+    (tmp_path / "aigi").mkdir()
+    (tmp_path / "aigi" / "config.pbtxt").write_text('platform: "ensemble"\n')
     assert main(["serve", "--repo", str(tmp_path), "--http-port", "9000", "--print-docker"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line == docker_command(tmp_path, 9000, 8001, 8002)
-    assert f"-v {tmp_path.resolve()}:/models" in line and "-p 9000:8000" in line
-    assert "nvcr.io/nvidia/tritonserver:" in line and line.endswith("tritonserver --model-repository=/models")
+    assert line == docker_command(tmp_path, "127.0.0.1", {"http": 9000})
+    assert f"-v {tmp_path.resolve()}:/models:ro" in line and "-p 127.0.0.1:9000:8000" in line
+    assert line.startswith("docker run ") and line.endswith(f" {image_name()}")
 
 
 @pytest.mark.triton

@@ -1,7 +1,9 @@
-"""Start and stop the real ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel.
+"""Start and stop a real ``tritonserver``: the one shipped in the ``nvidia-pytriton`` wheel, or an installed one.
 
 The wheel carries Triton with the Python backend only, so on a machine without the Triton
 container the CPU repository (``aigi_preprocess`` + ``aigi_cpu`` + the ensemble) is served by it.
+In the Triton container, ``tritonserver=/opt/tritonserver`` (``aigi serve --tritonserver``) runs the
+container's own binary and backends as they are.
 The Python models run in the interpreter whose ``python3`` is first on the server's ``PATH``: this
 module puts ``<env>/bin`` there (``env`` defaults to the running interpreter's ``sys.prefix``), so
 repositories stay portable and name no environment in their configs.
@@ -17,6 +19,7 @@ Standard library only (no numpy, no tritonclient), so ``aigi serve`` stays light
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import json
 import logging
@@ -132,6 +135,22 @@ def model_folders(repo: Path) -> list[str]:
     return names
 
 
+def installed_tritonserver(root: str | Path) -> Path:
+    """Check a Triton install root (``bin/tritonserver``, ``backends/python/triton_python_backend_stub``).
+
+    Raises:
+        ServerError: ``root`` lacks the binary or the Python backend's stub (the ``nvidia-pytriton`` wheel's own
+            folder lacks the stub: serve it without ``--tritonserver``).
+    """
+    root = Path(root).absolute()
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"{root} is not a Triton install root (no bin/tritonserver), such as /opt/tritonserver")
+    stub = root / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"{root}: no Python backend stub at {stub}; the nvidia-pytriton wheel is served without it")
+    return root
+
+
 def restricted_api_args(admin_key: str) -> list[str]:
     """``tritonserver`` flags that close :data:`RESTRICTED_APIS` on HTTP and gRPC to callers without the key."""
     if not re.fullmatch(r"[A-Za-z0-9_\-]{16,}", admin_key):
@@ -140,6 +159,28 @@ def restricted_api_args(admin_key: str) -> list[str]:
     return [
         f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
         f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}",
+    ]
+
+
+def serving_args(repo: Path, admin_key: str, served_at: str | Path | None = None) -> list[str]:
+    """The ``tritonserver`` flags that decide which models load and who may change that; every way aigi starts
+    Triton uses them (:meth:`TritonServer.command`, and through it the container's ``aigi serve``).
+
+    Args:
+        repo: the repository whose model folders (those holding a ``config.pbtxt``) are loaded, by name.
+        admin_key: the key that opens :data:`RESTRICTED_APIS`.
+        served_at: the repository's path as the server sees it (a container's ``/models``); ``repo`` by default.
+
+    Raises:
+        ServerError: the repository is missing or holds no model, or the key is malformed.
+    """
+    return [
+        f"--model-repository={served_at or repo}",
+        # explicit loading of the folders that hold a config: the default repository also keeps
+        # source (python_models/) and notes that Triton would otherwise try, and fail, to load
+        "--model-control-mode=explicit",
+        *(f"--load-model={name}" for name in model_folders(repo)),
+        *restricted_api_args(admin_key),
     ]
 
 
@@ -159,6 +200,10 @@ class TritonServer:
         admin_key: the value of the ``aigi-admin-key`` header that Triton's restricted APIs
             (:data:`RESTRICTED_APIS`) require; a random secret when ``None``. Read it back from
             :attr:`admin_headers`.
+        tritonserver: a Triton install root (``bin/tritonserver``, ``backends/``), such as ``/opt/tritonserver``
+            in NVIDIA's container: its binary and backends are used as they are (its Python backend stub already
+            matches its ``python3``). ``None``: the ``nvidia-pytriton`` wheel's server, with a copy of its backends
+            and the stub for ``env``'s Python.
     """
 
     def __init__(
@@ -174,8 +219,10 @@ class TritonServer:
         exit_timeout_s: int = 5,
         extra_args: list[str] | None = None,
         admin_key: str | None = None,
+        tritonserver: str | Path | None = None,
     ) -> None:
         self.repo = Path(repo).resolve()
+        self.tritonserver = Path(tritonserver).absolute() if tritonserver else None
         self.admin_key = admin_key or secrets.token_urlsafe(24)
         self.env = Path(env or sys.prefix).absolute()
         self.host = host
@@ -205,15 +252,13 @@ class TritonServer:
             raise ServerError(f"server already running (pid {self.pid})")
         if not self.repo.is_dir():
             raise ServerError(f"model repository {self.repo} does not exist")
-        dist, libs = find_tritonserver()
-        stub = dist / "python_backend_stubs" / python_version_of(self.env) / "triton_python_backend_stub"
-        if not stub.is_file():
-            raise ServerError(f"no Python backend stub for {self.env} at {stub}")
-        self._workdir = Path(tempfile.mkdtemp(prefix="aigi-triton-"))
-        # the wheel's backend dir lacks the stub and is read-only in spirit: work on a copy
-        backends = self._workdir / "backends"
-        shutil.copytree(dist / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+        libs: Path | None = None
+        if self.tritonserver is not None:
+            dist = installed_tritonserver(self.tritonserver)
+            backends = dist / "backends"
+        else:
+            dist, libs = find_tritonserver()
+            backends = self._wheel_backends(dist)
         self.shm_prefix = f"aigi{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         # outside the work directory, so the log outlives the server for post-mortems
         default_log = Path(tempfile.gettempdir()) / f"aigi-tritonserver-{self.shm_prefix.rstrip('-')}.log"
@@ -237,11 +282,30 @@ class TritonServer:
         )
         return self
 
-    def command(self, dist: Path, backends: Path) -> list[str]:
-        """The ``tritonserver`` command line for this server."""
+    def _wheel_backends(self, dist: Path) -> Path:
+        """A copy of the wheel's backends with the Python backend stub for ``env``'s Python (the wheel's lacks it)."""
+        stub = dist / "python_backend_stubs" / python_version_of(self.env) / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise ServerError(f"no Python backend stub for {self.env} at {stub}")
+        self._workdir = Path(tempfile.mkdtemp(prefix="aigi-triton-"))
+        # the wheel's backend dir lacks the stub and is read-only in spirit: work on a copy
+        backends = self._workdir / "backends"
+        shutil.copytree(dist / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
+        return backends
+
+    def command(self, dist: Path, backends: Path, served_at: str | Path | None = None) -> list[str]:
+        """The ``tritonserver`` command line for this server.
+
+        Args:
+            dist: the Triton install root (``bin/tritonserver``, ``caches/``).
+            backends: the backend directory Triton loads backends from.
+            served_at: the repository's path as the server sees it (a container's ``/models``); :attr:`repo`'s
+                model folders decide what loads either way.
+        """
         return [
             str(dist / "bin" / "tritonserver"),
-            f"--model-repository={self.repo}",
+            *serving_args(self.repo, self.admin_key, served_at),
             f"--backend-directory={backends}",
             f"--cache-directory={dist / 'caches'}",
             f"--http-port={self.ports['http']}",
@@ -254,11 +318,6 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
-            # explicit loading of the folders that hold a config: the default repository also keeps
-            # source (python_models/) and notes that Triton would otherwise try, and fail, to load
-            "--model-control-mode=explicit",
-            *(f"--load-model={name}" for name in model_folders(self.repo)),
-            *restricted_api_args(self.admin_key),
             # regions in /dev/shm are named after this prefix; two servers sharing one collide
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--backend-config=python,shm-default-byte-size=4194304",
@@ -266,10 +325,11 @@ class TritonServer:
             *self.extra_args,
         ]
 
-    def _environment(self, libs: Path) -> dict[str, str]:
+    def _environment(self, libs: Path | None) -> dict[str, str]:
         env = os.environ.copy()
-        # the copied libtriton_python.so lost its $ORIGIN-relative RPATH to the wheel's libraries
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        if libs is not None:
+            # the copied libtriton_python.so lost its $ORIGIN-relative RPATH to the wheel's libraries
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
         # the backend stub embeds the python3 first on PATH; that is how models find numpy and aigi
         env["PATH"] = os.pathsep.join(p for p in (str(self.env / "bin"), env.get("PATH", "")) if p)
         env.pop("PYTHONPATH", None)
@@ -435,7 +495,11 @@ class TritonServer:
                 os.kill(pid, signal.SIGKILL)
                 logger.debug("killed stub %d left behind by the server", pid)
             except ProcessLookupError:
-                pass
+                continue
+            # an orphan is re-parented to PID 1: in a container that is `aigi serve` itself, so reap it here
+            # or it stays a zombie (elsewhere it is not our child and init reaps it)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
     @property
     def admin_headers(self) -> dict[str, str]:

@@ -6,48 +6,162 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
+import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from aigi import __version__
 from aigi.errors import ServerError
 from aigi.triton_image import TRITON_IMAGE
 
+if TYPE_CHECKING:
+    from aigi.server import TritonServer
+
 logger = logging.getLogger(__name__)
 
+# the image of deploy/docker: where aigi serve finds the repository, the admin key and Triton, and its ports
+CONTAINER_REPO = "/models"
+CONTAINER_ADMIN_KEY = "/run/secrets/aigi/admin-key"
+CONTAINER_TRITON = "/opt/tritonserver"
+CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "health": 8003}
+CONTAINER_UID = 10001  # the image's non-root user, aigi
+# the host's key file --print-docker mounts when --admin-key-file is not given
+DEFAULT_ADMIN_KEY_FILE = Path("~/.config/aigi/admin-key")
+# stands in for the admin key in a printed command line (a valid key, so the real flag builder accepts it)
+_KEY_PLACEHOLDER = "AIGI-ADMIN-KEY-PLACEHOLDER"
 
-def docker_command(repo: Path, http_port: int, grpc_port: int, metrics_port: int) -> str:
-    """The ``docker run`` line that serves ``repo`` in the Triton container on a GPU host."""
-    return (
-        f"docker run --gpus all --rm --shm-size=1g "
-        f"-p {http_port}:8000 -p {grpc_port}:8001 -p {metrics_port}:8002 "
-        f"-v {repo.resolve()}:/models {TRITON_IMAGE} "
-        "tritonserver --model-repository=/models"
-    )
+
+def image_name() -> str:
+    """The tag of the image ``deploy/docker/Dockerfile`` builds for this version of aigi."""
+    return f"aigi-triton:{__version__}"
 
 
-def docker_note(repo: Path) -> str:
-    """What the stock image lacks for this repository's Python-backend models."""
-    needs = ["Pillow (for the *_preprocess model)"]
-    if any(path.is_dir() and path.name.endswith("_cpu") for path in repo.glob("*")):
-        needs.append("onnxruntime (for the *_cpu model; on a GPU host prefer 'aigi export --backend onnx|trt')")
-    return "the container's python3 needs " + " and ".join(needs) + ": pip install them in a derived image"
+def container_command() -> list[str]:
+    """The argv the image's ENTRYPOINT runs (``deploy/docker/Dockerfile``; a test holds the two equal).
+
+    ``aigi serve`` inside the container: it verifies the repository mounted or baked at ``/models``, reads the
+    admin key from the mounted secret, runs the container's own ``tritonserver`` (``--tritonserver``) with only
+    the model folders loaded and the restricted APIs closed, and serves ``/ready`` and ``/live`` on 8003. It binds
+    0.0.0.0 inside the container; which host address publishes a port is ``docker run -p``'s business.
+    """
+    return [
+        "aigi",
+        "serve",
+        "--repo",
+        CONTAINER_REPO,
+        "--host",
+        "0.0.0.0",
+        *(arg for name, port in CONTAINER_PORTS.items() for arg in (f"--{name}-port", str(port))),
+        "--admin-key-file",
+        CONTAINER_ADMIN_KEY,
+        "--tritonserver",
+        CONTAINER_TRITON,
+    ]
+
+
+def container_tritonserver_command(repo: Path) -> list[str]:
+    """The ``tritonserver`` command ``aigi serve`` runs in the container when ``repo`` is mounted at ``/models``.
+
+    Built like the real one: :func:`container_command` parsed by this parser, :func:`_server` and
+    :meth:`aigi.server.TritonServer.command` (whose model-loading and restriction flags come from
+    :func:`aigi.server.serving_args`). The admin key and the per-start shared-memory prefix are shown as
+    placeholders.
+    """
+    parser = argparse.ArgumentParser(prog="aigi")
+    register(parser.add_subparsers())
+    args = parser.parse_args(container_command()[1:])
+    server = _server(args, _KEY_PLACEHOLDER)
+    server.repo = repo.resolve()  # which folders load is decided by the repository that will be mounted
+    server.ports = {name: CONTAINER_PORTS[name] for name in ("http", "grpc", "metrics")}
+    server.shm_prefix = "aigi<pid>-<random>-"
+    root = Path(args.tritonserver)
+    argv = server.command(root, root / "backends", served_at=args.repo)
+    return [arg.replace(_KEY_PLACEHOLDER, f"<key in {CONTAINER_ADMIN_KEY}>") for arg in argv]
+
+
+def needs_gpu(repo: Path) -> bool:
+    """Whether a model of ``repo`` runs on a GPU (``aigi_onnx``, ``aigi_trt``: ``KIND_GPU`` or a TensorRT plan)."""
+    for config in repo.glob("*/config.pbtxt"):
+        text = "\n".join(line.split("#", 1)[0] for line in config.read_text(errors="replace").splitlines())
+        if re.search(r"\bKIND_GPU\b|\btensorrt_plan\b", text):
+            return True
+    return False
+
+
+def docker_command(
+    repo: Path,
+    host: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
+    admin_key_file: Path | None = None,
+) -> str:
+    """The ``docker run`` line that serves ``repo`` with the image of ``deploy/docker`` (:func:`image_name`).
+
+    Args:
+        repo: the model repository, mounted read-only at ``/models``.
+        host: the host address each port is published on (loopback unless told otherwise).
+        ports: host ports by name (``http``, ``grpc``, ``metrics``, ``health``); the container's by default.
+        admin_key_file: the key file mounted read-only as the container's admin key (default
+            :data:`DEFAULT_ADMIN_KEY_FILE`); the container runs as this user so it can read a 0600 file (as
+            the image's non-root user :data:`CONTAINER_UID` when this user is root).
+    """
+    published = {**CONTAINER_PORTS, **(ports or {})}
+    address = f"[{host}]" if ":" in host else host
+    key = (admin_key_file or DEFAULT_ADMIN_KEY_FILE).expanduser().absolute()
+    parts = ["docker run --rm --init --shm-size=1g"]
+    if needs_gpu(repo):
+        parts.append("--gpus all")
+    if os.getuid() != 0:  # the image's own user (CONTAINER_UID) could not read this user's 0600 key file
+        parts.append(f"--user {os.getuid()}:{os.getgid()}")
+    parts += [f"-p {address}:{published[name]}:{port}" for name, port in CONTAINER_PORTS.items()]
+    parts.append(f"-v {shlex.quote(str(repo.resolve()))}:{CONTAINER_REPO}:ro")
+    parts.append(f"--mount type=bind,src={shlex.quote(str(key))},dst={CONTAINER_ADMIN_KEY},readonly")
+    parts.append(image_name())
+    return " ".join(parts)
+
+
+def docker_notes(repo: Path, admin_key_file: Path | None = None) -> list[str]:
+    """What a reader of ``--print-docker`` needs besides the line: building the image, the key, what will run."""
+    build = f"docker build -f deploy/docker/Dockerfile --build-arg TRITON_IMAGE={TRITON_IMAGE} -t {image_name()} ."
+    notes = [f"build the image once, from aigi's source tree (deploy/docker/README.md): {build}"]
+    key = (admin_key_file or DEFAULT_ADMIN_KEY_FILE).expanduser().absolute()
+    if not key.is_file():
+        notes.append(
+            f"{key} does not exist; create it first (docker would otherwise stop): mkdir -p {key.parent} && "
+            f"(umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > {key})"
+        )
+    if os.getuid() == 0:
+        notes.append(f"the container runs as uid {CONTAINER_UID}, not root: chown {CONTAINER_UID} {key}")
+    command = shlex.join(container_tritonserver_command(repo))
+    notes.append(f"in the container, aigi serve verifies MANIFEST.json, then runs: {command}")
+    return notes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``aigi serve``."""
     parser = subparsers.add_parser(
         "serve",
-        help="serve a model repository with the Triton server from the nvidia-pytriton wheel",
+        help="serve a model repository with Triton (the nvidia-pytriton wheel's server, or --tritonserver DIR)",
         description=(
             "Start a real tritonserver on REPO (as written by 'aigi export'), wait until every model is "
             "loaded, print the endpoints, and serve until Ctrl-C or SIGTERM."
         ),
     )
     parser.add_argument("--repo", required=True, type=Path, help="model repository directory")
+    parser.add_argument(
+        "--tritonserver",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=(
+            "a Triton install root (bin/tritonserver, backends/), such as /opt/tritonserver in NVIDIA's container: "
+            "use its binary and backends as they are (default: the nvidia-pytriton wheel's server)"
+        ),
+    )
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
     parser.add_argument("--metrics-port", type=int, default=8002, help="metrics port (default 8002; 0 picks one)")
@@ -77,10 +191,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--print-docker",
         action="store_true",
-        help="print the equivalent 'docker run' command for a GPU host and exit (starts nothing)",
+        help=(
+            "print the 'docker run' that serves REPO with the image of deploy/docker (ports published on --host, "
+            "the --admin-key-file mounted, --gpus all when a model needs one) and exit; starts nothing"
+        ),
+    )
+    parser.add_argument(
+        "--print-triton-image",
+        action=_PrintAndExit,
+        text=TRITON_IMAGE,
+        help="print the pinned Triton image (deploy/docker/Dockerfile's TRITON_IMAGE build argument) and exit",
     )
     parser.set_defaults(handler=run_serve)
     _register_health(subparsers)
+
+
+class _PrintAndExit(argparse.Action):
+    """A flag that prints ``text`` and exits 0 while parsing, like ``--version`` (so ``--repo`` is not needed)."""
+
+    def __init__(self, option_strings: list[str], dest: str, text: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+        self.text = text
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        print(self.text)
+        parser.exit()
 
 
 def _register_health(subparsers: argparse._SubParsersAction) -> None:
@@ -133,14 +268,18 @@ def admin_key(key_file: Path | None) -> str | None:
     """
     if key_file is None:
         return os.environ.get("AIGI_ADMIN_KEY") or None
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(24) + "\n")
-    if key_file.stat().st_mode & 0o077:
-        raise ServerError(f"{key_file}: the admin key file must not be readable by others (chmod 600 it)")
-    key = key_file.read_text().strip()
+    try:
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(24) + "\n")
+        # group read is allowed: a Kubernetes secret mounted for a non-root pod is 0440, root:fsGroup
+        if key_file.stat().st_mode & 0o007:
+            raise ServerError(f"{key_file}: the admin key file must not be readable by others (chmod 600 it)")
+        key = key_file.read_text().strip()
+    except OSError as exc:  # a read-only secret mount that is missing, or a file this user cannot read
+        raise ServerError(f"admin key file {key_file}: {exc.strerror or exc}") from exc
     if not key:
         raise ServerError(f"{key_file}: the admin key file is empty")
     return key
@@ -179,24 +318,10 @@ def verify_repository(repo: Path) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of ``aigi serve``."""
     if args.print_docker:
-        print(docker_command(args.repo, args.http_port, args.grpc_port, args.metrics_port))
-        print(f"note: {docker_note(args.repo)}", file=sys.stderr)
-        return 0
-    from aigi.server import TritonServer
-
+        return _print_docker(args)
     if not args.no_verify:
         verify_repository(args.repo)
-    server = TritonServer(
-        args.repo,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        env=args.env,
-        host=args.host,
-        log_verbose=args.log_verbose,
-        log_file=args.log_file,
-        admin_key=admin_key(args.admin_key_file),
-    )
+    server = _server(args, admin_key(args.admin_key_file))
     if note := exposure_note(args.host):
         print(note, file=sys.stderr, flush=True)
     stop = threading.Event()
@@ -213,6 +338,36 @@ def run_serve(args: argparse.Namespace) -> int:
         _restore_handlers(previous)
     print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
     return 0
+
+
+def _print_docker(args: argparse.Namespace) -> int:
+    """``--print-docker``: the ``docker run`` line on stdout, notes (build, key, what will run) on stderr."""
+    ports = {"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port, "health": args.health_port}
+    notes = docker_notes(args.repo, args.admin_key_file)  # first: a repository without models prints nothing
+    print(docker_command(args.repo, args.host, ports, args.admin_key_file))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if warning := exposure_note(args.host):
+        print(warning, file=sys.stderr)
+    return 0
+
+
+def _server(args: argparse.Namespace, key: str | None) -> TritonServer:
+    """The server ``aigi serve`` runs for these arguments (also what --print-docker shows for the container)."""
+    from aigi.server import TritonServer
+
+    return TritonServer(
+        args.repo,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        env=args.env,
+        host=args.host,
+        log_verbose=args.log_verbose,
+        log_file=args.log_file,
+        admin_key=key,
+        tritonserver=args.tritonserver,
+    )
 
 
 def _serve_until(stop: threading.Event, server: Any, args: argparse.Namespace) -> None:
