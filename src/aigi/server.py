@@ -314,7 +314,10 @@ class TritonServer:
             f"--http-address={self.host}",
             f"--grpc-address={self.host}",
             f"--metrics-address={self.host}",
-            "--allow-gpu-metrics=false",
+            # the wheel is a CPU laptop server; an installed Triton (the container) reports its GPUs
+            f"--allow-gpu-metrics={'true' if self.tritonserver else 'false'}",
+            # p50/p90/p99 per model on /metrics (nv_inference_*_summary_us), for dashboards and aigi bench
+            "--metrics-config=summary_latencies=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
