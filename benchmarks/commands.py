@@ -1,11 +1,13 @@
-"""CLI: ``aigi bench``. Light at import: torch, ONNX Runtime and tritonclient load inside the handler."""
+"""CLI: ``aigi bench`` and ``aigi fault-check``. Light at import: torch, ONNX Runtime and tritonclient load inside
+the handlers."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,20 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` to the ``aigi`` parser."""
+    """Add ``bench`` and ``fault-check`` to the ``aigi`` parser."""
+    _register_bench(subparsers)
+    check = subparsers.add_parser(
+        "fault-check",
+        help="serve N replicas, load them with concurrent clients, kill and roll them: nothing may be lost",
+        description=FAULT_CHECK_DESCRIPTION,
+        epilog=FAULT_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_fault_check_arguments(check)
+    check.set_defaults(handler=_fault_check)
+
+
+def _register_bench(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench",
         help="benchmark every runtime on this machine side by side (speed, memory, agreement)",
@@ -170,3 +185,76 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"target {verdict['key']}: {state}{ratio}")
     print(f"wrote {args.out / JSON_NAME}, {args.out / MARKDOWN_NAME} and plots")
     return 0
+
+
+# -- aigi fault-check -----------------------------------------------------------------------------------
+
+# the plans of aigi.benchmarks.fault_check.FAULT_PLANS (a test keeps the two equal; this module stays light)
+FAULT_CHOICES = {
+    "sigterm": "graceful stop (a roll: SIGTERM, drain, restart) at 1/2",
+    "sigkill": "crash (SIGKILL, restart) at 1/2",
+    "both": "SIGTERM at 1/3, SIGKILL at 2/3 (with replicas: the roll on r0, the crash on r1)",
+}
+FAULT_CHECK_DESCRIPTION = """\
+Serve --replicas Triton servers of one model repository on 127.0.0.1 (free ports each), record a reference answer
+(label, p_fake) for every valid image on a healthy replica, then run --concurrency client threads, each with its own
+aigi.client.Detector given every replica's endpoint and the client's DEFAULT settings (retries, timeouts: what a user
+gets), sending calls of 1-6 images (~5% invalid on purpose) for --duration seconds while the replicas are hit by
+--fault, one fault at a time, each followed by a restart on the same ports. The load goes on past the last restart."""
+FAULT_CHECK_EPILOG = """\
+Faults go to the replicas in turn: the i-th fault of the plan hits replica i mod --replicas (one server takes all).
+  sigterm = a roll: SIGTERM, Triton drains in-flight requests, the process exits, it is restarted
+  sigkill = a crash: SIGKILL, in-flight requests die with it, it is restarted
+LOST: an image whose call raised, one missing from the results, a valid image with an error,
+      an invalid image (empty, junk, truncated) with a verdict or a non-"invalid image" error.
+WRONG: a verdict whose label or p_fake differs from the reference (tolerance from the served precision).
+Writes OUT/fault_check.json (figures, faults, per-second timeline, per-replica traffic), OUT/FAULT_CHECK.md and
+OUT/timeline.png (needs matplotlib; skipped with a note without it).
+Exit status: 0 nothing lost or wrong and every check passed, 1 otherwise, 2 the check could not run.
+Example: aigi fault-check --repo model_repository --replicas 3 --concurrency 16 --duration 60 --out runs/fault"""
+
+
+def _client_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def add_fault_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``aigi fault-check`` (and of its alias ``python -m aigi.benchmarks.load_check``)."""
+    parser.add_argument("--repo", type=Path, required=True, help="model repository (aigi export --backend cpu)")
+    parser.add_argument("--replicas", type=int, default=1, help="Triton servers of --repo to start (default 1)")
+    parser.add_argument("--concurrency", type=int, default=16, help="client threads (default 16)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of load (default 60), extended past the last restart"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for fault_check.json, FAULT_CHECK.md, plot")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="client protocol (default grpc)")
+    parser.add_argument(
+        "--fault",
+        choices=tuple(FAULT_CHOICES),
+        default="both",
+        help="; ".join(f"{name}: {what}" for name, what in FAULT_CHOICES.items()) + " (default both)",
+    )
+    parser.add_argument("--max-calls", type=int, default=100_000, help="upper bound on detect() calls")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images and of each client's picks")
+    parser.add_argument(
+        "--client-option",
+        type=_client_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one Detector setting (e.g. retries=0), only to show that the check can fail; the report "
+        "says so (repeatable; VALUE is read as JSON, else as a string)",
+    )
+
+
+def _fault_check(args: argparse.Namespace) -> int:
+    from aigi.benchmarks.load_check import execute
+
+    return execute(args)

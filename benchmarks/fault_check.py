@@ -3,9 +3,10 @@
 :mod:`aigi.benchmarks.load_check` drives the threads and writes the report; this module decides:
 
 * **Faults** (:func:`inject`): ``sigterm`` is a graceful :meth:`TritonServer.stop` (Triton drains for up to its
-  exit timeout), ``sigkill`` is :meth:`TritonServer.kill` (a crash: no drain, in-flight requests die with it).
-  Either is followed by :meth:`TritonServer.restart` on the same ports; the fault's ``down_s`` runs from the
-  signal until the restarted server is ready again.
+  exit timeout; with replicas this is a *roll*), ``sigkill`` is :meth:`TritonServer.kill` (a crash: no drain,
+  in-flight requests die with it). Either is followed by :meth:`TritonServer.restart` on the same ports; the
+  fault's ``down_s`` runs from the signal until the restarted server is ready again. A plan's faults go to the
+  replicas in turn (:func:`fault_targets`): with several replicas, no replica is hit twice in a row.
 * **Reference** (:func:`build_reference`): before any fault, every valid payload is classified by the healthy
   server twice (once in one batched call, once alone); the batched answer is the reference and the largest
   difference between the two passes is kept as ``spread``, the measured batch-composition noise.
@@ -41,7 +42,7 @@ INVALID_MARK = "invalid image"
 EXAMPLES_KEPT = 8
 
 # |p_fake - reference| allowed per served precision, and why (measured on the tests' tiny exported model,
-# 24 images answered alone, in one batch and in 5 shuffled batches; see LOAD_CHECK.md's "tolerance" line)
+# 24 images answered alone, in one batch and in 5 shuffled batches; see FAULT_CHECK.md's "Reference" line)
 TOLERANCES: dict[str, tuple[float, str]] = {
     "fp32": (
         1e-4,
@@ -70,6 +71,20 @@ def tolerance_for(precision: str) -> tuple[float, str]:
 
 
 # -- faults ----------------------------------------------------------------------------------------
+
+
+def fault_targets(fault: str, replicas: int) -> list[tuple[str, float, int]]:
+    """The faults of plan ``fault`` as ``(kind, fraction of the run, replica index)``: the i-th goes to replica
+    ``i % replicas``, so with several replicas each fault hits another one (one server takes them all).
+
+    Raises:
+        ValueError: an unknown plan, or fewer than one replica.
+    """
+    if fault not in FAULT_PLANS:
+        raise ValueError(f"fault must be one of {tuple(FAULT_PLANS)}, got {fault!r}")
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    return [(kind, fraction, index % replicas) for index, (kind, fraction) in enumerate(FAULT_PLANS[fault])]
 
 
 def inject(server: TritonServer, kind: str, started: float) -> dict[str, Any]:
@@ -198,6 +213,8 @@ class Tally:
     max_dp_fake: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     answer_times: list[float] = field(default_factory=list)
+    # (when a call ended, images answered, refused as invalid, lost, wrong by it): the report's timeline
+    events: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
 
     def begin(self, picks: list[tuple[bool, int]]) -> None:
@@ -212,9 +229,11 @@ class Tally:
         name = type(exc).__name__
         self.raised_by_type[name] = self.raised_by_type.get(name, 0) + 1
         self._lose("raised", len(picks), f"{name}: {exc}")
+        self.events.append((time.monotonic(), 0, 0, len(picks), 0))
 
     def returned(self, picks: list[tuple[bool, int]], results: list[Result], reference: Reference) -> None:
         """Judge each image of a call that returned against the reference."""
+        before = self._outcomes()
         for (valid, index), result in zip(picks, results, strict=False):
             if valid:
                 self._judge_valid(index, result, reference)
@@ -226,8 +245,15 @@ class Tally:
                 self._lose("invalid_other_error", 1, f"invalid payload {index}: {result.error}")
         if len(results) != len(picks):
             self._lose("missing", max(0, len(picks) - len(results)), f"{len(picks)} sent, {len(results)} results")
+        now = time.monotonic()
         if any(result.ok for result in results):
-            self.answer_times.append(time.monotonic())
+            self.answer_times.append(now)
+        after = self._outcomes()
+        answered, refused, lost, wrong = (later - earlier for later, earlier in zip(after, before, strict=True))
+        self.events.append((now, answered, refused, lost, wrong))
+
+    def _outcomes(self) -> tuple[int, int, int, int]:
+        return self.answered, self.refused, sum(self.lost.values()), self.wrong
 
     def _judge_valid(self, index: int, result: Result, reference: Reference) -> None:
         if not result.ok:
@@ -264,6 +290,7 @@ class Tally:
         self.max_dp_fake = max(self.max_dp_fake, other.max_dp_fake)
         self.latencies_s.extend(other.latencies_s)
         self.answer_times.extend(other.answer_times)
+        self.events.extend(other.events)
         self.examples.extend(other.examples[: max(0, EXAMPLES_KEPT - len(self.examples))])
 
     def first_answer_after(self, moment: float, before: float = float("inf")) -> float | None:

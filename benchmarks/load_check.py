@@ -1,25 +1,31 @@
-"""Load and fault check: concurrent clients, a server that is killed mid-run, and nothing may be lost.
+"""Load and fault check: replicas under concurrent clients, killed and rolled mid-run, and nothing may be lost.
 
-``python -m aigi.benchmarks.load_check --repo DIR --concurrency 16 --duration 60 --out DIR``
+``aigi fault-check --repo DIR --replicas 3 --concurrency 16 --duration 60 --out DIR [--fault ...]``
+(``python -m aigi.benchmarks.load_check`` takes the same options).
 
-Starts its own Triton server on 127.0.0.1 (free ports) and first records a reference answer (label, p_fake)
-for every valid image it will send, on the healthy server. Then ``--concurrency`` client threads, each with
-its own :class:`aigi.client.Detector` built with the client's *default* retry settings (what a user gets),
-send batches of 1-6 images (about 5% of them invalid on purpose: empty, junk, a truncated JPEG) for
-``--duration`` seconds, while the server is hit by ``--fault``: ``sigterm`` (graceful stop), ``sigkill`` (a
-crash) or ``both`` (SIGTERM at 1/3 of the run, SIGKILL at 2/3), each followed by a restart on the same ports.
-The load is extended so that it goes on for a while after the last restart.
+Starts ``--replicas`` Triton servers of one repository on 127.0.0.1 (free ports each) and first records a reference
+answer (label, p_fake) for every valid image it will send, on a healthy replica. Then ``--concurrency`` client
+threads, each with its own :class:`aigi.client.Detector` given every replica's endpoint and the client's *default*
+settings (what a user gets), send calls of 1-6 images (about 5% of them invalid on purpose: empty, junk, a truncated
+JPEG) for ``--duration`` seconds, while the replicas are hit by ``--fault``: ``sigterm`` (a roll: graceful stop,
+drain, restart), ``sigkill`` (a crash, restart) or ``both`` (SIGTERM at 1/3 of the run, SIGKILL at 2/3), one fault
+at a time, the i-th on replica ``i % replicas``, each followed by a restart on the same ports. A fault waits until
+the previous one's replica serves again and every client has been answered since; the load goes on for a while
+after the last restart.
 
 Every image of every call must come back: a valid image with the reference's label and p_fake (within a
 tolerance set by the served precision), an invalid one with an ``invalid image`` error. An image whose call
-raised (retries spent), that is missing, or that got the wrong kind of outcome is LOST; an answer that differs
-from the reference is WRONG (rules: :mod:`aigi.benchmarks.fault_check`). Writes ``load_check.json`` and
-``LOAD_CHECK.md`` to ``--out`` and exits 1 when anything is lost or wrong, or a fault did not happen.
+raised, that is missing, or that got the wrong kind of outcome is LOST; an answer that differs from the reference
+is WRONG (rules: :mod:`aigi.benchmarks.fault_check`). Each replica's own counter is read twice a second for the
+timeline and the per-replica traffic (:mod:`aigi.benchmarks.fault_timeline`). Writes ``fault_check.json``,
+``FAULT_CHECK.md`` and ``timeline.png`` (:mod:`aigi.benchmarks.fault_report`) and exits 1 when anything is lost
+or wrong, or a check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import random
@@ -27,17 +33,20 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from aigi.benchmarks.fault_check import FAULT_PLANS, Reference, Tally, build_reference, inject
-from aigi.checkpoint import write_json_atomic
-from aigi.client import protocol as wire
+from aigi.benchmarks.commands import FAULT_CHECK_DESCRIPTION, FAULT_CHECK_EPILOG, add_fault_check_arguments
+from aigi.benchmarks.fault_check import Reference, Tally, build_reference, fault_targets, inject
+from aigi.benchmarks.fault_report import percentiles, write_report
+from aigi.benchmarks.fault_timeline import ReplicaMeter, build_timeline
+from aigi.client.core import DetectorSettings
 from aigi.client.detector import Detector
-from aigi.errors import AigiError
+from aigi.errors import AigiError, SettingsError
 from aigi.server import TritonServer
 
 logger = logging.getLogger(__name__)
@@ -45,16 +54,11 @@ logger = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 INVALID_SHARE = 0.05
 MAX_IMAGES_PER_CALL = 6
+MAX_REPLICAS = 16
 JOIN_GRACE_S = 120.0
-RECOVERY_WAIT_S = 60.0  # longest a fault waits for the clients to be answered again after the previous one
-EPILOG = """\
-Before any fault, every valid image is answered once by the healthy server: that is its reference.
-The clients use aigi.client.Detector with its default retries, backoff and timeout.
-LOST: an image whose call raised, one missing from the results, a valid image with an error,
-      an invalid image (empty, junk, truncated; ~5% mixed in) with a verdict or a non-"invalid image" error.
-WRONG: a verdict whose label or p_fake differs from the reference (tolerance from the served precision).
-Writes OUT/load_check.json and OUT/LOAD_CHECK.md.
-Exit status: 0 nothing lost or wrong and every check passed, 1 otherwise, 2 the check could not run."""
+RECOVERY_WAIT_S = 60.0  # longest a fault waits for the previous one's replica and clients to be answered again
+# the Detector settings the report shows (whatever their values: the client's defaults unless overridden)
+SHOWN_SETTINGS = ("protocol", "timeout", "retry_timeout", "retries", "backoff", "max_in_flight")
 
 
 def make_images(count: int, seed: int) -> tuple[list[bytes], list[bytes]]:
@@ -99,6 +103,36 @@ class Budget:
             self.deadline = max(self.planned_end, until)
 
 
+@dataclass(frozen=True)
+class CheckSettings:
+    """What one run of the check does (the command line's options)."""
+
+    concurrency: int
+    duration: float
+    protocol: str = "grpc"
+    fault: str = "both"
+    replicas: int = 1
+    max_calls: int = 100_000
+    seed: int = 0
+    client_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Fleet:
+    """The moving parts of one run, for the drive and the summary."""
+
+    servers: list[TritonServer]
+    meter: ReplicaMeter
+    reference: Reference
+    detectors: list[Detector]
+    tallies: list[Tally]
+    outs: list[dict[str, Any]]
+    threads: list[threading.Thread] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    ended: float = 0.0
+
+
 def worker(
     detector: Detector,
     valid: list[bytes],
@@ -138,16 +172,31 @@ def worker(
 
 
 def client_settings(detector: Detector) -> dict[str, Any]:
-    """The detector's effective settings (the client's defaults unless overridden), and its nominal retry budget."""
-    settings = {
-        key: value
-        for key, value in vars(detector).items()
-        if not key.startswith("_") and key != "url" and isinstance(value, (bool, int, float, str))
-    }
-    retries, backoff = int(settings.get("retries", 0)), float(settings.get("backoff", 0.0))
-    cap = float(getattr(wire, "MAX_BACKOFF_S", 5.0))
-    settings["nominal_backoff_budget_s"] = round(sum(min(cap, backoff * 2**i) for i in range(retries)), 2)
-    return settings
+    """The detector's effective retry and timeout settings (the client's defaults unless overridden)."""
+    return {name: getattr(detector, name) for name in SHOWN_SETTINGS if hasattr(detector, name)}
+
+
+def start_replicas(repo: Path, count: int) -> list[TritonServer]:
+    """``count`` ready servers of ``repo``, each on its own free ports (started together, then waited for)."""
+    servers = [TritonServer(repo, host=HOST) for _ in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        stop_replicas(servers)
+        raise
+    return servers
+
+
+def stop_replicas(servers: Sequence[TritonServer]) -> None:
+    """Stop every server, all at once (each may take its exit timeout to drain)."""
+    threads = [threading.Thread(target=server.stop, name=f"stop-r{i}") for i, server in enumerate(servers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def run(
@@ -159,159 +208,209 @@ def run(
     max_calls: int = 100_000,
     seed: int = 0,
     client_options: dict[str, Any] | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Run the load and fault check and return its report (see the module docstring).
 
     Args:
         client_options: keyword arguments for every worker's :class:`Detector` on top of the defaults. Only for
             showing that the check can fail (e.g. ``{"retries": 0}``); the reference pass always uses defaults.
+        replicas: servers of ``repo`` to start; every client is given all of their endpoints.
     """
-    if fault not in FAULT_PLANS:
-        raise ValueError(f"fault must be one of {tuple(FAULT_PLANS)}, got {fault!r}")
+    settings = CheckSettings(
+        concurrency, duration, protocol, fault, replicas, max_calls, seed, dict(client_options or {})
+    )
+    targets = fault_targets(fault, replicas)
     valid, invalid = make_images(12, seed)
-    server = TritonServer(repo, host=HOST)
-    server.start().wait_ready()
+    servers = start_replicas(repo, replicas)
     try:
-        reference = build_reference(server, protocol, valid, invalid)
-        url = server.endpoints[protocol]
-        detectors = [Detector(url, protocol=protocol, **(client_options or {})) for _ in range(concurrency)]
-        settings = client_settings(detectors[0])
-        tallies = [Tally() for _ in range(concurrency)]
-        outs: list[dict[str, Any]] = [{} for _ in range(concurrency)]
-        started = time.monotonic()
-        budget = Budget(started + duration, max_calls)
-        threads = [
-            threading.Thread(
-                target=worker,
-                args=(detectors[i], valid, invalid, reference, budget, seed + i, tallies[i], outs[i]),
-                name=f"load-{i}",
-                daemon=True,
-            )
-            for i in range(concurrency)
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            faults = drive_faults(server, fault, duration, started, budget, threads, tallies)
-        except BaseException:
-            budget.close_at(time.monotonic())  # let the workers end
-            raise
-        for thread in threads:
-            thread.join(timeout=max(0.0, budget.deadline - time.monotonic()) + JOIN_GRACE_S)
-        load_s = time.monotonic() - started
+        reference = build_reference(servers[0], protocol, valid, invalid)
+        fleet = load(servers, reference, settings, targets, valid, invalid)
     finally:
-        server.stop()
-    report = summarize(tallies, detectors, threads, outs, reference, faults, len(FAULT_PLANS[fault]))
+        stop_replicas(servers)
+    report = summarize(fleet, len(targets))
     report.update(
         repo=str(repo),
         protocol=protocol,
+        replicas=replicas,
         concurrency=concurrency,
         duration_s=duration,
-        load_s=round(load_s, 2),
+        load_s=round(fleet.ended - fleet.started, 2),
         fault=fault,
-        client_options=dict(client_options or {}),
-        client_settings=settings,
+        client_options=settings.client_options,
+        client_settings=client_settings(fleet.detectors[0]),
     )
     return report
 
 
-def drive_faults(
-    server: TritonServer,
-    fault: str,
-    duration: float,
-    started: float,
-    budget: Budget,
-    threads: list[threading.Thread],
-    tallies: list[Tally],
-) -> list[dict[str, Any]]:
-    """Inject the planned faults and keep the load going after each.
+def load(
+    servers: list[TritonServer],
+    reference: Reference,
+    settings: CheckSettings,
+    targets: list[tuple[str, float, int]],
+    valid: list[bytes],
+    invalid: list[bytes],
+) -> Fleet:
+    """Run the client threads against the replicas while :func:`drive_faults` hits them; the fleet as it ended."""
+    urls = [server.endpoints[settings.protocol] for server in servers]
+    count = settings.concurrency
+    detectors = [Detector(urls, protocol=settings.protocol, **settings.client_options) for _ in range(count)]
+    meter = ReplicaMeter(servers, detectors[0].model)
+    fleet = Fleet(servers, meter, reference, detectors, [Tally() for _ in range(count)], [{} for _ in range(count)])
+    meter.start()
+    try:
+        fleet.started = time.monotonic()
+        budget = Budget(fleet.started + settings.duration, settings.max_calls)
+        fleet.threads = [
+            threading.Thread(
+                target=worker,
+                args=(detectors[i], valid, invalid, reference, budget, settings.seed + i, fleet.tallies[i], out),
+                name=f"load-{i}",
+                daemon=True,
+            )
+            for i, out in enumerate(fleet.outs)
+        ]
+        for thread in fleet.threads:
+            thread.start()
+        try:
+            drive_faults(fleet, targets, settings.duration, budget)
+        except BaseException:
+            budget.close_at(time.monotonic())  # let the workers end
+            raise
+        for thread in fleet.threads:
+            thread.join(timeout=max(0.0, budget.deadline - time.monotonic()) + JOIN_GRACE_S)
+        fleet.ended = time.monotonic()
+    finally:
+        meter.stop()
+    return fleet
 
-    A fault waits for its planned moment, for every running client to have had an answer since the previous
-    restart (at most :data:`RECOVERY_WAIT_S`) and then ``tail_s`` more, so two faults never merge into one outage
-    as the clients see it. Then it closes ``budget``: the load ends at the planned end, or ``tail_s`` after the last
-    restart if that is later.
+
+def drive_faults(fleet: Fleet, targets: list[tuple[str, float, int]], duration: float, budget: Budget) -> None:
+    """Inject the planned faults into ``fleet.faults`` and keep the load going after each.
+
+    A fault waits for its planned moment, for the previous fault's replica to serve again and every running client
+    to have had an answer since that restart (at most :data:`RECOVERY_WAIT_S`), and then ``tail_s`` more, so two
+    faults never merge into one outage. Then it closes ``budget``: the load ends at the planned end, or ``tail_s``
+    after the last restart if that is later.
     """
     tail_s = max(2.0, 0.1 * duration)
-    faults: list[dict[str, Any]] = []
-    for kind, fraction in FAULT_PLANS[fault]:
-        if not wait_for_fault(
-            started + fraction * duration, faults[-1]["back_at"] if faults else None, tail_s, threads, tallies
-        ):
+    for kind, fraction, index in targets:
+        if not wait_for_fault(fleet, fleet.started + fraction * duration, tail_s):
             logger.warning("every worker ended before the %s fault; it was not injected", kind)
             break
-        record = inject(server, kind, started)
-        record["planned_at_s"] = round(fraction * duration, 3)
-        faults.append(record)
-        logger.info("%s: server down %.2f s, back at %.2f s", kind, record["down_s"], record["back_at"] - started)
-    budget.close_at(faults[-1]["back_at"] + tail_s if faults else 0.0)
-    return faults
+        fleet.meter.sample(index)  # the replica's count up to the signal
+        record = inject(fleet.servers[index], kind, fleet.started)
+        record.update(replica=f"r{index}", replica_index=index, planned_at_s=round(fraction * duration, 3))
+        fleet.faults.append(record)
+        logger.info(
+            "%s on r%d: down %.2f s, back at %.2f s", kind, index, record["down_s"], record["back_at"] - fleet.started
+        )
+    budget.close_at(fleet.faults[-1]["back_at"] + tail_s if fleet.faults else 0.0)
 
 
-def wait_for_fault(
-    planned: float, back_at: float | None, tail_s: float, threads: list[threading.Thread], tallies: list[Tally]
-) -> bool:
+def recovered_at(fleet: Fleet, fault: dict[str, Any]) -> float | None:
+    """When the replica a fault hit served again and every running client had been answered since its restart
+    (the later of these moments), or ``None`` while either is still awaited."""
+    back_at = fault["back_at"]
+    moments = [
+        tally.first_answer_after(back_at)
+        for tally, thread in zip(fleet.tallies, fleet.threads, strict=True)
+        if thread.is_alive()
+    ]
+    moments.append(fleet.meter.served_since(fault["replica_index"], back_at))
+    return None if None in moments else max(moment for moment in moments if moment is not None)
+
+
+def wait_for_fault(fleet: Fleet, planned: float, tail_s: float) -> bool:
     """Sleep until the next fault may be injected; ``False`` when every worker has ended first."""
+    previous = fleet.faults[-1] if fleet.faults else None
     give_up = time.monotonic() + RECOVERY_WAIT_S
-    while any(thread.is_alive() for thread in threads):
+    while any(thread.is_alive() for thread in fleet.threads):
         now = time.monotonic()
-        if back_at is not None and now < give_up:
-            answered = [
-                tally.first_answer_after(back_at)
-                for tally, thread in zip(tallies, threads, strict=True)
-                if thread.is_alive()
-            ]
-            moments = [moment for moment in answered if moment is not None]
-            if len(moments) < len(answered):  # a live worker has not been answered since the server came back
+        if previous is not None and now < give_up:
+            recovered = recovered_at(fleet, previous)
+            if recovered is None:
                 time.sleep(0.05)
                 continue
-            planned = max(planned, max(moments, default=now) + tail_s)
+            planned = max(planned, recovered + tail_s)
         if now >= planned:
             return True
         time.sleep(min(0.05, planned - now))
     return False
 
 
-def summarize(
-    tallies: list[Tally],
-    detectors: list[Detector],
-    threads: list[threading.Thread],
-    outs: list[dict[str, Any]],
-    reference: Reference,
-    faults: list[dict[str, Any]],
-    planned_faults: int,
-) -> dict[str, Any]:
-    """Merge the workers' counts into the report's figures and checks."""
-    tally = Tally()
-    for one in tallies:
-        tally.merge(one)
-    stats = {"requests": 0, "retries": 0, "rejected": 0}
-    for detector in detectors:
-        for key in stats:
-            stats[key] += int(getattr(detector.stats, key, 0))
-    hung = [thread.name for thread in threads if thread.is_alive()]
-    crashed = {f"load-{i}": out["error"] for i, out in enumerate(outs) if "error" in out}
+def fault_figures(fleet: Fleet, tally: Tally) -> None:
+    """Add to every fault record what the clients and the replica saw after it, up to the next fault."""
+    answered = sorted(tally.answer_times)
+    faults = fleet.faults
     ends = [record["begin_at"] for record in faults[1:]] + [float("inf")]
     for record, end in zip(faults, ends, strict=True):
+        begin, back = record["begin_at"], record["back_at"]
         # calls with at least one verdict between this restart and the next fault
-        record["answered_calls_after"] = sum(record["back_at"] < moment < end for moment in tally.answer_times)
+        record["answered_calls_after"] = sum(back < moment < end for moment in answered)
         # the outage as the clients saw it: from the signal until the last worker had a verdict again
-        firsts = [one.first_answer_after(record["back_at"], end) for one in tallies]
-        record["clients_back_after_s"] = (
-            None if None in firsts or not firsts else round(max(firsts) - record["begin_at"], 3)  # type: ignore[type-var]
-        )
+        firsts = [one.first_answer_after(back, end) for one in fleet.tallies]
+        last_back = None if None in firsts or not firsts else max(f for f in firsts if f is not None)
+        record["clients_back_after_s"] = None if last_back is None else round(last_back - begin, 3)
+        # the longest stretch with no verdict for anyone, from the signal on (the service's outage)
+        record["longest_answer_gap_s"] = longest_gap(answered, begin, end)
+        # the longest any one client waited for a verdict, from the signal on
+        waits = [longest_gap(one.answer_times, begin, end) for one in fleet.tallies]
+        record["longest_client_wait_s"] = None if None in waits or not waits else max(w for w in waits if w is not None)
+        served = fleet.meter.served_since(record["replica_index"], back)
+        record["replica_serving_again_after_s"] = None if served is None else round(served - begin, 3)
+        record["images_lost_after"] = sum(event[3] for event in tally.events if begin <= event[0] < end)
     for record in faults:
         del record["begin_at"], record["back_at"]
+
+
+def longest_gap(moments: Sequence[float], begin: float, end: float) -> float | None:
+    """The longest stretch from ``begin`` on, before ``end``, between two of ``moments`` (sorted); ``None`` when none
+    falls after ``begin``."""
+    window = [begin, *(moment for moment in moments if begin < moment < end)]
+    gaps = [later - earlier for earlier, later in zip(window, window[1:], strict=False)]
+    return round(max(gaps), 3) if gaps else None
+
+
+def summarize(fleet: Fleet, planned_faults: int) -> dict[str, Any]:
+    """Merge the workers' counts into the report's figures, timeline and checks."""
+    tally = Tally()
+    for one in fleet.tallies:
+        tally.merge(one)
+    stats = {"requests": 0, "retries": 0, "rejected": 0}
+    for detector in fleet.detectors:
+        for key in stats:
+            stats[key] += int(getattr(detector.stats, key, 0))
+    hung = [thread.name for thread in fleet.threads if thread.is_alive()]
+    crashed = {f"load-{i}": out["error"] for i, out in enumerate(fleet.outs) if "error" in out}
+    timeline = build_timeline(fleet.started, fleet.ended, tally.events, fleet.meter)
+    fault_figures(fleet, tally)
+    served = fleet.meter.totals(fleet.started)
+    per_replica: dict[str, dict[str, Any]] = {
+        f"r{index}": {
+            "endpoint": server.endpoints["grpc"],
+            "http_endpoint": server.endpoints["http"],
+            "images_served": served[f"r{index}"],
+            "faults": [record["kind"] for record in fleet.faults if record["replica_index"] == index],
+        }
+        for index, server in enumerate(fleet.servers)
+    }
     checks = {
         "no image lost": tally.lost_total == 0,
         "no wrong answer": tally.wrong == 0,
-        "every planned fault injected": len(faults) == planned_faults,
-        "answers after every fault": bool(faults) and all(record["answered_calls_after"] > 0 for record in faults),
-        "reference passes agree within tolerance": reference.spread <= reference.tolerance,
+        "every planned fault injected": len(fleet.faults) == planned_faults,
+        "answers after every fault": bool(fleet.faults) and all(r["answered_calls_after"] > 0 for r in fleet.faults),
+        "every restarted replica served again": all(
+            record["replica_serving_again_after_s"] is not None for record in fleet.faults
+        ),
+        "traffic reached every replica": all(entry["images_served"] > 0 for entry in per_replica.values()),
+        "reference passes agree within tolerance": fleet.reference.spread <= fleet.reference.tolerance,
         "no worker hung or crashed": not hung and not crashed,
     }
     return {
-        "reference": reference.to_dict(),
-        "faults": faults,
+        "reference": fleet.reference.to_dict(),
+        "faults": fleet.faults,
+        "per_replica": per_replica,
         "requests": stats["requests"],
         "retries": stats["retries"],
         "requests_rejected": stats["rejected"],
@@ -330,121 +429,70 @@ def summarize(
         "examples": tally.examples,
         "hung_workers": hung,
         "crashed_workers": crashed,
+        "timeline": timeline,
         "checks": checks,
         "passed": all(checks.values()),
     }
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/max in milliseconds (empty when there are no values)."""
-    if not values:
-        return {}
-    array = np.asarray(values) * 1000.0
-    summary = {f"p{q}_ms": float(np.percentile(array, q)) for q in (50, 90, 99)}
-    summary["max_ms"] = float(array.max())
-    return summary
+def client_options_from(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """``--client-option`` pairs as Detector keyword arguments.
+
+    Raises:
+        SettingsError: a key that is not a Detector setting.
+    """
+    known = {f.name for f in dataclasses.fields(DetectorSettings) if f.init and f.name not in ("url", "protocol")}
+    unknown = sorted({key for key, _ in pairs} - known)
+    if unknown:
+        raise SettingsError(f"--client-option: not a Detector setting: {', '.join(unknown)} (known: {sorted(known)})")
+    return dict(pairs)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """``LOAD_CHECK.md`` text."""
-    settings = report["client_settings"]
-    reference = report["reference"]
-    overrides = report["client_options"]
-    lines = [
-        "# Load and fault check",
-        "",
-        f"{report['concurrency']} client threads, {report['duration_s']:g} s planned ({report['load_s']:g} s of load), "
-        f"{report['protocol']}, fault plan `{report['fault']}`. Result: **{'PASS' if report['passed'] else 'FAIL'}**.",
-        "",
-        f"Client: retries={settings.get('retries')}, backoff={settings.get('backoff')} s, "
-        f"timeout={settings.get('timeout')} s (nominal backoff budget {settings.get('nominal_backoff_budget_s')} s); "
-        + (f"**overridden for this run: {overrides}**" if overrides else "the client's defaults")
-        + ".",
-        "",
-        f"Reference: {reference['valid_payloads']} valid images answered by the healthy server; served precision "
-        f"{reference['precision']}, tolerance |dp_fake| <= {reference['tolerance_p_fake']:g} "
-        f"({reference['tolerance_why']}); batched vs alone spread {reference['spread_p_fake']:.2g}.",
-        "",
-        "| fault | at | planned at | exit code | process gone after | down (signal to ready) "
-        "| every client answered again after | answered calls after |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for record in report["faults"]:
-        back = record["clients_back_after_s"]
-        lines.append(
-            f"| {record['kind']} | {record['at_s']:.2f} s | {record['planned_at_s']:.2f} s | {record['exit_code']} | "
-            f"{record['stop_s']:.2f} s | {record['down_s']:.2f} s | {'never' if back is None else f'{back:.2f} s'} | "
-            f"{record['answered_calls_after']} |"
+def execute(args: argparse.Namespace) -> int:
+    """Run the check from parsed options (:func:`aigi.benchmarks.commands.add_fault_check_arguments`), write its
+    report to ``args.out`` and return the exit status: 0 when every check passed, else 1.
+
+    Raises:
+        SettingsError: an option out of range.
+        AigiError: the check could not run (a server did not start or come back).
+    """
+    if not 1 <= args.concurrency <= 256 or not 0 < args.duration <= 3600 or not 1 <= args.replicas <= MAX_REPLICAS:
+        raise SettingsError(
+            f"--concurrency must lie in [1, 256], --duration in (0, 3600] and --replicas in [1, {MAX_REPLICAS}]"
         )
-    lines += ["", "| measure | value |", "|---|---|"]
-    for key in (
-        "images_sent",
-        "images_answered",
-        "images_refused_invalid",
-        "images_lost",
-        "images_wrong",
-        "images_sent_valid",
-        "images_sent_invalid",
-        "calls",
-        "requests",
-        "retries",
-        "requests_rejected",
-        "max_abs_dp_fake",
-    ):
-        value = report[key]
-        lines.append(
-            f"| {key.replace('_', ' ')} | {value:.3g} |"
-            if isinstance(value, float)
-            else f"| {key.replace('_', ' ')} | {value} |"
-        )
-    for key, value in report["latency_per_call"].items():
-        lines.append(f"| latency {key.replace('_ms', '')} per call | {value:.1f} ms |")
-    lines += ["", "| check | result |", "|---|---|"]
-    lines += [f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in report["checks"].items()]
-    lost = {reason: count for reason, count in report["lost_by_reason"].items() if count}
-    if lost or report["calls_raised"]:
-        lines += ["", f"Lost images by reason: {lost}; calls that raised, by exception: {report['calls_raised']}."]
-    if report["examples"]:
-        lines += ["", "First problems seen:", ""] + [f"- {example}" for example in report["examples"]]
-    return "\n".join(lines) + "\n"
+    options = client_options_from(args.client_option)
+    report = run(
+        args.repo,
+        args.concurrency,
+        args.duration,
+        protocol=args.protocol,
+        fault=args.fault,
+        max_calls=args.max_calls,
+        seed=args.seed,
+        client_options=options,
+        replicas=args.replicas,
+    )
+    text = write_report(report, args.out)
+    print(text)
+    return 0 if report["passed"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns 0 when nothing was lost or wrong and every check passed, else 1."""
+    """``python -m aigi.benchmarks.load_check``: the same check and options as ``aigi fault-check``."""
     parser = argparse.ArgumentParser(
         prog="python -m aigi.benchmarks.load_check",
-        description=__doc__.split("\n")[0],
-        epilog=EPILOG,
+        description=FAULT_CHECK_DESCRIPTION + "\n\nThe same as 'aigi fault-check'.",
+        epilog=FAULT_CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--repo", type=Path, required=True, help="model repository (aigi export --backend cpu)")
-    parser.add_argument("--concurrency", type=int, default=16, help="client threads (default 16)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load, extended past the last restart")
-    parser.add_argument("--out", type=Path, required=True, help="folder for load_check.json and LOAD_CHECK.md")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="client protocol (default grpc)")
-    parser.add_argument(
-        "--fault",
-        choices=tuple(FAULT_PLANS),
-        default="both",
-        help="sigterm: graceful stop at 1/2; sigkill: crash at 1/2; both (default): SIGTERM at 1/3, SIGKILL at 2/3; "
-        "each followed by a restart on the same ports",
-    )
-    parser.add_argument("--max-calls", type=int, default=100_000, help="upper bound on detect() calls")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images and of each client's picks")
+    add_fault_check_arguments(parser)
     args = parser.parse_args(argv)
-    if not 1 <= args.concurrency <= 256 or not 0 < args.duration <= 3600:
-        parser.error("--concurrency must lie in [1, 256] and --duration in (0, 3600]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        report = run(args.repo, args.concurrency, args.duration, args.protocol, args.fault, args.max_calls, args.seed)
+        return execute(args)
     except AigiError as exc:
         print(f"load_check: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "load_check.json", report)
-    (args.out / "LOAD_CHECK.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

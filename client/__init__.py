@@ -1,8 +1,9 @@
 """The slim Triton client of aigi: numpy, Pillow and tritonclient, never torch.
 
 ``Detector(url).detect(images)`` returns one :class:`Result` per image; ``AsyncDetector`` is its
-asyncio twin. Errors come from :mod:`aigi.errors` (``ServerUnreachableError``, ``RequestTimeoutError``,
-``ModelNotReadyError``, ``InvalidImageError``, ``RequestRejectedError``, ``SettingsError``).
+asyncio twin. ``url`` may name several replicas (a list, commas, or ``dns:///name:port``), over TLS or not.
+Errors come from :mod:`aigi.errors` (``ServerUnreachableError``, ``RequestTimeoutError``, ``ModelNotReadyError``,
+``InvalidImageError``, ``RequestRejectedError``, ``SettingsError``).
 """
 
 from aigi.client.async_detector import AsyncDetector

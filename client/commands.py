@@ -34,7 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
-    parser.add_argument("--url", default=None, help="HOST:PORT of the server (default 127.0.0.1:8001, HTTP :8000)")
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=None,
+        help=(
+            "where the server is: HOST:PORT, https:// or grpcs:// (TLS), or dns:///NAME:PORT (every address of a "
+            "headless Service); repeat it or separate by commas for replicas (default 127.0.0.1:8001, HTTP :8000)"
+        ),
+    )
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--model", default="aigi", help="the ensemble to call (default aigi)")
     parser.add_argument(
@@ -46,10 +54,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     parser.add_argument(
-        "--retries", type=int, default=8, help="re-sends when no server answers (default 8: rides out a restart)"
+        "--retry-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to keep re-sending a call no server answers (default 30: rides out a restart)",
+    )
+    parser.add_argument("--retries", type=int, default=None, help="also cap the re-sends of one call (default: none)")
+    parser.add_argument("--ssl", action="store_true", help="use TLS (implied by https://, grpcs:// or a certificate)")
+    parser.add_argument("--ca", default=None, metavar="FILE", help="CA certificates (PEM) to verify the server with")
+    parser.add_argument("--cert", default=None, metavar="FILE", help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--key", default=None, metavar="FILE", help="client private key (PEM), for mutual TLS")
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="NAME=VALUE",
+        help="send this header with every request (repeatable), e.g. for an authenticating proxy",
     )
     parser.add_argument("--max-in-flight", type=int, default=4, help="requests outstanding at once (default 4)")
     parser.set_defaults(handler=run_predict)
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def urls_of(args: argparse.Namespace) -> list[str]:
+    """The ``--url`` values (each may list several, comma-separated), or the protocol's local default."""
+    urls = [part.strip() for value in args.url or [] for part in value.split(",") if part.strip()]
+    return urls or [f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"]
 
 
 def iter_images(paths: list[Path]) -> Iterator[Path]:
@@ -102,16 +139,21 @@ def run_predict(args: argparse.Namespace) -> int:
     if first is None:  # before connecting: a wrong path should not wait for a server
         print("aigi predict: no image files found under " + " ".join(map(str, args.paths)), file=sys.stderr)
         return 1
-    url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     counts = {"images": 0, "fake": 0, "real": 0, "failed": 0}
     with Detector(
-        url,
+        urls_of(args),
         protocol=args.protocol,
         model=args.model,
         preprocess=args.preprocess,
         timeout=args.timeout,
+        retry_timeout=args.retry_timeout,
         retries=args.retries,
         max_in_flight=args.max_in_flight,
+        ssl=args.ssl,
+        root_certificates=args.ca,
+        private_key=args.key,
+        certificate_chain=args.cert,
+        headers=dict(args.header),
     ) as detector:
         info = detector.info  # fails fast, before any output, when the server is not there
         if not args.json:

@@ -8,7 +8,7 @@ and tested without a server.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from PIL import Image
 from aigi.client import protocol as wire
 from aigi.client.images import Prepared, prepare
 from aigi.client.model_info import ModelInfo
+from aigi.client.replicas import Replicas, parse_endpoints, tls_setting
 from aigi.client.result import Result
-from aigi.errors import ClientError, InvalidImageError, RequestRejectedError
+from aigi.errors import ClientError, InvalidImageError, RequestRejectedError, SettingsError
 from aigi.preprocessing import ImageInput, PreprocessSpec
 
 
@@ -30,7 +31,7 @@ class DetectorStats:
 
     Attributes:
         requests: inference requests sent, retries included.
-        retries: calls (inference or metadata) sent again after no server answered.
+        retries: calls (inference or metadata) sent again, to the same replica or another, after none answered.
         rejected: requests the server refused or failed.
         split: rejected multi-image requests re-sent one image at a time.
         images: images passed to ``detect``.
@@ -53,33 +54,62 @@ class DetectorStats:
 class DetectorSettings:
     """The settings both detectors take, checked once (see :class:`aigi.client.Detector` for each).
 
+    After checking, ``url`` is the endpoints joined by commas, :attr:`endpoints` the parsed ones and
+    :attr:`replicas` where requests go.
+
     Raises:
-        SettingsError: ``protocol`` or ``preprocess`` is not one of its choices.
+        SettingsError: ``protocol`` or ``preprocess`` is not one of its choices, an endpoint is malformed, TLS
+            settings contradict each other (a plaintext URL with ``ssl=True``), a certificate file is missing,
+            or a header cannot be sent.
     """
 
-    url: str = "127.0.0.1:8001"
+    url: str | Sequence[str] = "127.0.0.1:8001"
     _: KW_ONLY
     protocol: str = "grpc"
     model: str = "aigi"
     preprocess: str = "server"
     timeout: float = 30.0
-    retries: int = 8
+    retry_timeout: float = 30.0
+    retries: int | None = None
     backoff: float = 0.2
     max_in_flight: int = 4
     raise_errors: bool = False
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+    headers: Mapping[str, str] | None = None
     stats: DetectorStats = field(default_factory=DetectorStats, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.url = wire.normalize_url(self.url)
         self.protocol = wire.check_choice("protocol", self.protocol, wire.PROTOCOLS)
         self.preprocess = wire.check_choice("preprocess", self.preprocess, wire.PREPROCESS_MODES)
+        self.endpoints = parse_endpoints(self.url, self.protocol)
+        self.url = ",".join(map(str, self.endpoints))
         self.timeout = float(self.timeout)
-        self.retries = max(0, int(self.retries))
+        self.retry_timeout = max(0.0, float(self.retry_timeout))
+        self.retries = None if self.retries is None else max(0, int(self.retries))
         self.backoff = float(self.backoff)
         self.max_in_flight = max(1, int(self.max_in_flight))
+        self._check_tls()
+        self.headers = wire.check_headers(self.headers, self.protocol)
+        self.replicas = Replicas(self.endpoints)
         # the model inference goes to: the ensemble, or the network model under client-side preprocessing
         self._target = self.model
         self._stats_lock = threading.Lock()
+
+    def _check_tls(self) -> None:
+        files = {
+            "root_certificates": self.root_certificates,
+            "private_key": self.private_key,
+            "certificate_chain": self.certificate_chain,
+        }
+        for name, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise SettingsError(f"{name}: no such file {path!r}")
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise SettingsError("private_key and certificate_chain (a client certificate) go together")
+        self.ssl = tls_setting(self.endpoints, bool(self.ssl), any(files.values()))
 
     def count(self, **increments: int) -> None:
         """Add to :attr:`stats` (thread-safe)."""
@@ -87,9 +117,13 @@ class DetectorSettings:
             for name, value in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
 
-    def timeout_kwargs(self) -> dict[str, Any]:
-        """The per-call deadline argument of tritonclient (gRPC takes one per call; HTTP sets it on the client)."""
-        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+    def call_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of every call: the headers, and the deadline (gRPC takes one per call; HTTP sets it on
+        the client)."""
+        kwargs: dict[str, Any] = {"headers": dict(self.headers)} if self.headers else {}
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout
+        return kwargs
 
     def window(self, info: ModelInfo) -> int:
         """Images read and sent per step of ``detect``: enough to keep ``max_in_flight`` full requests going."""

@@ -3,8 +3,10 @@
 Before the first request the detector reads the served model's config (labels, threshold,
 max_batch_size, network model, preprocessing spec). ``detect`` then splits the images into
 requests of at most ``max_batch_size`` and keeps up to ``max_in_flight`` of them in flight on a
-small thread pool. A request that finds no server (connection refused, UNAVAILABLE, timeout) is
-retried with exponential backoff; when retries run out the call raises
+small thread pool, spread round-robin over the replicas (one endpoint, a list, or a ``dns:///`` name
+resolved to its addresses). A request that finds nobody answering (connection refused or reset,
+UNAVAILABLE) moves to the next replica at once; the replica sits out a short cool-down that doubles per
+failure in a row. Calls are retried so for up to ``retry_timeout`` seconds; then the call raises
 :class:`~aigi.errors.ServerUnreachableError`.
 
 Bad images never fail the whole call: Triton fails a whole request when one image in it is bad,
@@ -20,6 +22,7 @@ The detector is thread-safe: threads may share one.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,9 +47,10 @@ from aigi.client.core import (
 )
 from aigi.client.images import Prepared, windows
 from aigi.client.model_info import ModelInfo
+from aigi.client.replicas import Endpoint, addresses_from_addrinfo
 from aigi.client.result import Result
-from aigi.client.retry import Attempts
-from aigi.errors import ModelNotReadyError, RequestRejectedError
+from aigi.client.retry import Attempts, ModelNotReadyReplyError
+from aigi.errors import RequestRejectedError
 from aigi.preprocessing import ImageInput, PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -55,90 +59,137 @@ __all__ = ["Detector", "DetectorSettings", "DetectorStats"]
 
 
 class Detector(DetectorSettings):
-    """Detect generated images through a Triton server (gRPC or HTTP).
+    """Detect generated images through Triton servers (gRPC or HTTP), spread over their replicas.
 
     Args:
-        url: ``host:port`` of the server's gRPC (8001) or HTTP (8000) endpoint.
+        url: where the servers are: ``host:port`` of a gRPC (8001) or HTTP (8000) endpoint, a URL
+            (``https://`` and ``grpcs://`` mean TLS, ``http://`` and ``grpc://`` plaintext), ``dns:///name:port``
+            (a Kubernetes headless Service: one replica per address the name resolves to, resolved again every
+            30 s and when every replica failed), or several of these as a list or comma-separated.
         protocol: ``grpc`` or ``http``.
         model: the ensemble to call (``aigi`` unless exported with ``--name``).
         preprocess: ``server`` sends encoded image bytes to the ensemble; ``client`` preprocesses
             locally with :func:`aigi.preprocessing.preprocess` and sends ``pixel_values`` to the network model.
-        timeout: seconds one request (or metadata call) may take before it counts as unanswered.
-        retries: how many times a request is re-sent after no server answered (refused, reset, unavailable).
-            The default 8 with ``backoff`` 0.2 keeps trying for about 10-20 s, long enough to ride out a
-            server restart; a request that timed out is never re-sent (the server is slow, not down).
-        backoff: first retry delay in seconds; it doubles per retry (with jitter), up to 5 s.
+        timeout: seconds one request (or metadata call) may take before it counts as unanswered; a request
+            that timed out is never re-sent (the server is slow, not down) and raises ``RequestTimeoutError``.
+        retry_timeout: seconds during which a call nobody answered (refused, reset, unavailable) is sent again:
+            at once to another replica when one is up, else after a backoff. The default 30 rides out a server
+            restart of 10 s with margin; 0 sends each call once (plus a try of each other replica).
+        retries: an optional cap on how many times one call is re-sent (failovers included); ``None``: no cap,
+            only ``retry_timeout`` bounds the retries.
+        backoff: first cool-down of a replica that stopped answering, in seconds; it doubles per failure in a
+            row (with jitter), up to 2 s, so a server that is back is found within about 2 s.
         max_in_flight: requests outstanding at once.
         raise_errors: default of ``detect(raise_errors=...)``.
+        ssl: use TLS (implied by an ``https://`` or ``grpcs://`` URL or a certificate option; a plaintext
+            ``http://`` / ``grpc://`` URL with ``ssl=True`` is a ``SettingsError``).
+        root_certificates: CA file (PEM) to verify the servers with; the system's CAs when ``None``.
+        private_key, certificate_chain: the client's key and certificate files (PEM), for mutual TLS.
+        headers: sent with every request (for example to an authenticating proxy); over gRPC names are lowercased.
     """
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._module = wire.client_module(self.protocol)
+        self._client_kwargs = wire.client_kwargs(self)
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._clients: list[Any] = []
+        # (thread, address) -> client: gRPC clients are shared by all threads (thread 0), HTTP ones are per thread
+        self._clients: dict[tuple[int, str], Any] = {}
+        self._retired: list[tuple[float, Any]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._info: ModelInfo | None = None
 
-    # -- connection ------------------------------------------------------------------------------
+    # -- connections -----------------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        """The calling thread's tritonclient (gRPC clients are shared; HTTP ones are one per thread)."""
-        if self.protocol == "grpc":
-            with self._lock:
-                if not self._clients:
-                    self._clients.append(self._module.InferenceServerClient(self.url))
-                return self._clients[0]
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._module.InferenceServerClient(
-                self.url, connection_timeout=self.timeout, network_timeout=self.timeout
-            )
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
-        return client
+    def _client(self, address: str) -> Any:
+        """The calling thread's tritonclient for one replica."""
+        key = (0 if self.protocol == "grpc" else threading.get_ident(), address)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = self._module.InferenceServerClient(address, **self._client_kwargs)
+            return client
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn``, sleeping and retrying as :class:`aigi.client.retry.Attempts` decides."""
-        attempts = Attempts(self, what, self._target, on_retry=lambda: self.count(retries=1))
-        for delay in attempts:
-            time.sleep(delay)
+    def _refresh(self) -> None:
+        """Resolve the ``dns:///`` names when due, and close the clients of replicas gone long enough ago."""
+        now = time.monotonic()
+        self._close_retired(now)
+        names = self.replicas.claim_resolve(now)
+        if not names:
+            return
+        found: dict[Endpoint, list[str] | BaseException] = {}
+        for name in names:
+            host, port = name.host_port()
             try:
-                return fn(*args, **kwargs)
+                found[name] = addresses_from_addrinfo(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), port)
+            except OSError as exc:
+                found[name] = exc
+        gone = set(self.replicas.resolved(found))
+        if gone:
+            logger.info("replicas gone from DNS: %s; now %s", ", ".join(sorted(gone)), self.replicas.addresses)
+            with self._lock:
+                for key in [key for key in self._clients if key[1] in gone]:
+                    self._retired.append((now, self._clients.pop(key)))
+
+    def _close_retired(self, now: float) -> None:
+        # a call that picked a replica before it left DNS may still use its client, for at most `timeout`
+        if not self._retired:
+            return
+        with self._lock:
+            due = [client for since, client in self._retired if now - since > self.timeout + 5]
+            self._retired = [(since, client) for since, client in self._retired if now - since <= self.timeout + 5]
+        _close_all(due)
+
+    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(client)`` on a replica, failing over, waiting and retrying as :class:`Attempts` decides."""
+        attempts = Attempts(self, what, self._target, self.replicas, on_retry=lambda: self.count(retries=1))
+        while True:
+            self._refresh()
+            step = attempts.next_step(time.monotonic())
+            if step is None:
+                raise attempts.exhausted()
+            if step.address is None:
+                time.sleep(step.delay)
+                continue
+            try:
+                result = fn(self._client(step.address))
             except Exception as exc:  # noqa: BLE001 - Attempts.failed re-raises what is not a server condition
-                attempts.failed(exc)
-        raise attempts.exhausted()
+                attempts.failed(exc, time.monotonic())
+            else:
+                attempts.answered()
+                return result
 
     @property
     def info(self) -> ModelInfo:
         """The served model's labels, threshold, batch limit and preprocessing (read once, on first use).
 
         Raises:
-            ServerUnreachableError: no server answered at ``url`` (after retries).
-            ModelNotReadyError: the server does not serve ``model`` (or its network model), or not yet.
+            ServerUnreachableError: no server answered at ``url`` (within ``retry_timeout``).
+            ModelNotReadyError: no replica serves ``model`` (or its network model), or not yet.
         """
         if self._info is None:
-            client = self._client()
-            config, version = self._read_config(client, self.model)
+            config, version = self._read_config(self.model)
             info = ModelInfo.from_config(self.model, config, version=version)
             if self.preprocess == "client":
-                info = client_side_info(info, *self._read_config(client, network_model_of(info)))
+                info = client_side_info(info, *self._read_config(network_model_of(info)))
                 self._target = info.name
             logger.debug("model info: %s", info)
             self._info = info
         return self._info
 
-    def _read_config(self, client: Any, name: str) -> tuple[dict[str, Any], str]:
+    def _read_config(self, name: str) -> tuple[dict[str, Any], str]:
         """A ready model's config (as JSON) and newest version."""
-        kwargs = self.timeout_kwargs()
-        if not self._call("metadata", client.is_model_ready, name, **kwargs):
-            raise ModelNotReadyError(f"model {name!r} is not ready at {self.url}")
-        if self.protocol == "grpc":
-            kwargs["as_json"] = True
-        config = self._call("metadata", client.get_model_config, name, **kwargs)
-        metadata = self._call("metadata", client.get_model_metadata, name, **kwargs)
+        kwargs = self.call_kwargs()
+        as_json = {"as_json": True} if self.protocol == "grpc" else {}
+
+        def ready(client: Any) -> bool:
+            if not client.is_model_ready(name, **kwargs):
+                raise ModelNotReadyReplyError(f"model {name!r} is not ready")
+            return True
+
+        self._call("metadata", ready)
+        config = self._call("metadata", lambda client: client.get_model_config(name, **kwargs, **as_json))
+        metadata = self._call("metadata", lambda client: client.get_model_metadata(name, **kwargs, **as_json))
         return config, newest_version(metadata.get("versions") or [])
 
     # -- detection -------------------------------------------------------------------------------
@@ -195,12 +246,12 @@ class Detector(DetectorSettings):
             return [result for item in chunk for result in self._run_chunk([item])]
 
     def _infer(self, chunk: list[Prepared]) -> list[Result]:
-        client = self._client()
         inputs, outputs = wire.build_request(self._module, payloads(chunk), client_side=self.preprocess == "client")
+        kwargs = self.call_kwargs()
 
-        def send() -> Any:
+        def send(client: Any) -> Any:
             self.count(requests=1)
-            return client.infer(self._target, inputs, outputs=outputs, **self.timeout_kwargs())
+            return client.infer(self._target, inputs, outputs=outputs, **kwargs)
 
         answer = self._call("infer", send)
         return wire.parse_results(answer, self.info, self._target, [item.source for item in chunk])
@@ -211,15 +262,12 @@ class Detector(DetectorSettings):
         """Stop the worker threads and close the connections."""
         with self._lock:
             pool, self._pool = self._pool, None
-            clients, self._clients = self._clients, []
         if pool is not None:
             pool.shutdown(wait=True)
-        for client in clients:
-            try:
-                client.close()
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                logger.debug("closing a client failed: %s", exc)
-        self._local = threading.local()
+        with self._lock:
+            clients = [*self._clients.values(), *(client for _, client in self._retired)]
+            self._clients, self._retired = {}, []
+        _close_all(clients)
 
     def __enter__(self) -> Detector:
         return self
@@ -228,3 +276,11 @@ class Detector(DetectorSettings):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _close_all(clients: Iterable[Any]) -> None:
+    for client in clients:
+        try:
+            client.close()
+        except Exception as exc:  # noqa: BLE001 - closing is best effort
+            logger.debug("closing a client failed: %s", exc)

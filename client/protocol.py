@@ -2,12 +2,14 @@
 
 Sync (:mod:`aigi.client.detector`) and asyncio (:mod:`aigi.client.async_detector`) differ only in how
 they wait; building requests and reading responses live here, the retry decisions in
-:mod:`aigi.client.retry`, the rest of ``detect`` in :mod:`aigi.client.core`.
+:mod:`aigi.client.retry`, where requests go in :mod:`aigi.client.replicas`, the rest of ``detect`` in
+:mod:`aigi.client.core`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ssl as _ssl
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from aigi.client.model_info import ModelInfo
 from aigi.client.result import Result
+from aigi.client.retry import MAX_BACKOFF_S
 from aigi.errors import ClientError, SettingsError
 
 PROTOCOLS = ("grpc", "http")
@@ -29,13 +32,73 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def normalize_url(url: str) -> str:
-    """``host:port`` as tritonclient wants it (a scheme such as ``http://`` is dropped)."""
-    url = url.strip()
-    for scheme in ("http://", "https://", "grpc://"):
-        if url.startswith(scheme):
-            url = url[len(scheme) :]
-    return url.rstrip("/")
+def check_headers(headers: Mapping[str, str] | None, protocol: str) -> dict[str, str]:
+    """Headers sent with every request, checked; gRPC metadata keys are lowercase, so they are lowered for gRPC.
+
+    Raises:
+        SettingsError: a name or value that is not a one-line string.
+    """
+    checked = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str) or not name.strip():
+            raise SettingsError(f"headers must map names to strings, got {name!r}: {value!r}")
+        if any(char in name + value for char in "\r\n\0") or any(char in name for char in " :"):
+            raise SettingsError(f"header {name!r} has a character a header cannot carry")
+        checked[name.lower() if protocol == "grpc" else name] = value
+    return checked
+
+
+def grpc_channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's own gRPC channel options, plus a reconnect backoff capped at :data:`MAX_BACKOFF_S`.
+
+    gRPC's default reconnect backoff grows to 120 s: a channel that lost its server for 10 s would try again
+    only some seconds after the server was back, and every call meanwhile fails at once.
+    """
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_S * 1000)),
+    ]
+
+
+def ssl_context(root_certificates: str | None, private_key: str | None, certificate_chain: str | None) -> Any:
+    """A client TLS context (for the asyncio HTTP client): the CA file, or the system's, and a client certificate."""
+    context = _ssl.create_default_context(cafile=root_certificates)
+    if certificate_chain:
+        context.load_cert_chain(certfile=certificate_chain, keyfile=private_key)
+    return context
+
+
+def client_kwargs(settings: Any, aio: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``InferenceServerClient`` for a detector: timeouts, TLS, gRPC channel options."""
+    tls = {
+        "root_certificates": settings.root_certificates,
+        "private_key": settings.private_key,
+        "certificate_chain": settings.certificate_chain,
+    }
+    if settings.protocol == "grpc":
+        kwargs: dict[str, Any] = {"channel_args": grpc_channel_args()}
+        if settings.ssl:
+            kwargs.update(ssl=True, **tls)
+        return kwargs
+    if aio:
+        kwargs = {"conn_limit": settings.max_in_flight, "conn_timeout": settings.timeout}
+        if settings.ssl:
+            kwargs.update(ssl=True, ssl_context=ssl_context(**tls))
+        return kwargs
+    kwargs = {"connection_timeout": settings.timeout, "network_timeout": settings.timeout}
+    if settings.ssl:
+        names = {"root_certificates": "ca_certs", "certificate_chain": "certfile", "private_key": "keyfile"}
+        kwargs.update(ssl=True, ssl_options={names[key]: value for key, value in tls.items() if value})
+    return kwargs
 
 
 def client_module(protocol: str, aio: bool = False) -> ModuleType:

@@ -7,7 +7,9 @@ import pytest
 import aigi.cli
 from aigi.cli import build_parser, main
 
-STAGE_COMMANDS = {"data", "train", "eval", "export", "repo", "serve", "health", "predict", "bench", "demo"}
+STAGE_COMMANDS = {
+    *("data", "train", "eval", "export", "repo", "serve", "health", "predict", "bench", "fault-check", "demo"),
+}
 
 
 def test_build_parser_registers_every_stage_when_all_commands_modules_import() -> None:

@@ -1,4 +1,5 @@
-"""The load and fault check (aigi.benchmarks.load_check): it must pass when nothing is lost, and be able to fail.
+"""The load and fault check (aigi.benchmarks.load_check, alias of ``aigi fault-check``) on one server: it must
+pass when nothing is lost, and be able to fail. Replicas: tests/test_fault_check.py.
 
 The real runs serve the session's tiny exported repository (``serve_repo`` in conftest.py) with their own
 server, since the check kills and restarts it.
@@ -86,10 +87,11 @@ def test_load_check_loses_nothing_with_client_defaults_through_sigterm_and_sigki
 
     argv = ["--repo", str(serve_repo), "--concurrency", "4", "--duration", "8", "--fault", "both"]
     code = main([*argv, "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "load_check.json").read_text())
-    assert (tmp_path / "LOAD_CHECK.md").is_file()
+    report = json.loads((tmp_path / "fault_check.json").read_text())
+    assert (tmp_path / "FAULT_CHECK.md").is_file()
     assert report["client_options"] == {}  # the client's own defaults
-    assert [fault["kind"] for fault in report["faults"]] == ["sigterm", "sigkill"]
+    assert report["replicas"] == 1 and list(report["per_replica"]) == ["r0"]
+    assert [(fault["kind"], fault["replica"]) for fault in report["faults"]] == [("sigterm", "r0"), ("sigkill", "r0")]
     assert report["faults"][1]["exit_code"] == -9
     assert report["images_sent"] > 0 and report["images_answered"] > 0 and report["images_refused_invalid"] > 0
     assert report["images_lost"] == 0, (report["lost_by_reason"], report["faults"], report["examples"])
@@ -98,28 +100,35 @@ def test_load_check_loses_nothing_with_client_defaults_through_sigterm_and_sigki
 
 
 @pytest.mark.triton
-def test_load_check_fails_and_counts_lost_images_when_the_client_cannot_ride_out_a_crash(serve_repo: Path) -> None:
+def test_load_check_fails_and_counts_lost_images_when_the_client_cannot_ride_out_a_crash(
+    serve_repo: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("pytriton")
-    from aigi.benchmarks.load_check import markdown, run
+    from aigi.benchmarks.load_check import main
 
-    report = run(serve_repo, concurrency=4, duration=5.0, fault="sigkill", client_options={"retries": 0})
+    argv = ["--repo", str(serve_repo), "--concurrency", "4", "--duration", "5", "--fault", "sigkill"]
+    code = main([*argv, "--client-option", "retries=0", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "fault_check.json").read_text())
     assert [fault["kind"] for fault in report["faults"]] == ["sigkill"]
-    assert report["client_settings"]["retries"] == 0
+    assert report["client_options"] == {"retries": 0} and report["client_settings"]["retries"] == 0
     assert report["images_lost"] > 0 and report["lost_by_reason"]["raised"] > 0
+    assert report["faults"][0]["images_lost_after"] > 0 and sum(report["timeline"]["lost"]) > 0
     assert report["images_wrong"] == 0
-    assert not report["checks"]["no image lost"] and report["passed"] is False
-    assert "**FAIL**" in markdown(report)
+    assert not report["checks"]["no image lost"] and report["passed"] is False and code == 1
+    assert "**FAIL**" in (tmp_path / "FAULT_CHECK.md").read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.triton
-def test_load_check_loses_nothing_over_http_with_more_clients(serve_repo: Path, tmp_path: Path) -> None:
+def test_load_check_loses_nothing_over_http_with_two_replicas_and_more_clients(
+    serve_repo: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("pytriton")
     from aigi.benchmarks.load_check import main
 
     argv = ["--repo", str(serve_repo), "--concurrency", "8", "--duration", "20", "--protocol", "http"]
-    code = main([*argv, "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "load_check.json").read_text())
+    code = main([*argv, "--replicas", "2", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "fault_check.json").read_text())
     assert [fault["kind"] for fault in report["faults"]] == ["sigterm", "sigkill"]
     assert report["images_lost"] == 0, (report["lost_by_reason"], report["faults"], report["examples"])
     assert report["images_wrong"] == 0, report["examples"]

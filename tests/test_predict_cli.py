@@ -73,3 +73,26 @@ def test_predict_exits_two_with_one_line_when_server_is_unreachable(image_tree, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "no Triton server answered" in err[0]
+
+
+@pytest.mark.triton
+def test_predict_spreads_over_repeated_and_comma_separated_urls_when_one_is_dead(
+    triton_server, image_tree, capsys
+) -> None:
+    live, dead = triton_server.endpoints["grpc"], f"127.0.0.1:{free_port()}"
+    code = main(["predict", "--url", dead, "--url", f"{live},grpc://{live}", "--json", str(image_tree / "good")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "2 images: " in out.err and "0 failed" in out.err
+
+
+def test_predict_exits_two_with_one_line_when_tls_options_contradict_the_url(image_tree, capsys) -> None:
+    code = main(["predict", "--protocol", "http", "--url", "http://127.0.0.1:8000", "--ssl", str(image_tree / "good")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "ssl=True with a plaintext URL" in err[0]
+    assert main(["predict", "--ca", str(image_tree / "missing.pem"), str(image_tree / "good")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--header", "no-equals-sign", str(image_tree / "good")])
+    assert "expected NAME=VALUE" in capsys.readouterr().err
