@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aigi import __version__
-from aigi.errors import ServerError
+from aigi.errors import ServerError, SettingsError
 from aigi.triton_image import TRITON_IMAGE
 
 if TYPE_CHECKING:
@@ -188,6 +188,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     _add_watchdog_flags(parser)
+    _add_trace_flags(parser)
     parser.add_argument(
         "--print-docker",
         action="store_true",
@@ -204,6 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.set_defaults(handler=run_serve)
     _register_health(subparsers)
+    _register_trace(subparsers)
 
 
 class _PrintAndExit(argparse.Action):
@@ -234,6 +236,32 @@ def _register_health(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_health)
 
 
+def _register_trace(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "trace",
+        help="show the requests in a trace file of 'aigi serve --trace-file': each step's queue and compute time",
+        description=(
+            "Read a Triton trace file written by 'aigi serve --trace-file FILE' (written when the server stops) and "
+            "print each traced request's path through the ensemble: total, queue and compute time of the ensemble "
+            "and of each step (aigi_preprocess, the network), in milliseconds."
+        ),
+    )
+    parser.add_argument("file", type=Path, help="the trace file")
+    parser.add_argument("--last", type=int, default=10, help="show the last N requests (default 10)")
+    parser.set_defaults(handler=run_trace)
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    """Handler of ``aigi trace``."""
+    from aigi.tracing import format_trace, read_traces
+
+    requests = read_traces(args.file)
+    for request in requests[-args.last :]:
+        print("\n".join(format_trace(request)))
+    print(f"{len(requests)} traced requests in {args.file}", file=sys.stderr)
+    return 0
+
+
 def run_health(args: argparse.Namespace) -> int:
     """Handler of ``aigi health``: one line, exit 0 when the canary passed."""
     from aigi.health import canary
@@ -242,6 +270,48 @@ def run_health(args: argparse.Namespace) -> int:
     verdict = "ok" if result.ok else "FAILED"
     print(f"{verdict} {args.model} at {args.url} in {result.seconds * 1000:.0f} ms: {result.detail}")
     return 0 if result.ok else 1
+
+
+def _add_trace_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "tracing",
+        "Triton's own request traces: one JSON record per traced request with the timestamps of every step of the "
+        "ensemble (queue, compute input/infer/output of aigi_preprocess and the network), written to --trace-file "
+        "when the server stops.",
+    )
+    group.add_argument("--trace-file", type=Path, default=None, help="write traces here (tracing is off without it)")
+    group.add_argument("--trace-rate", type=int, default=1000, help="trace one request in N (default 1000)")
+    group.add_argument(
+        "--trace-level",
+        choices=("TIMESTAMPS", "TENSORS"),
+        default="TIMESTAMPS",
+        help="TIMESTAMPS (default), or TENSORS to also record tensors (large; never on untrusted traffic)",
+    )
+    group.add_argument("--trace-count", type=int, default=-1, help="stop after N traces (default -1: no limit)")
+    group.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=5,
+        help="seconds Triton waits for in-flight requests on SIGTERM (default 5; raise it behind a load balancer)",
+    )
+
+
+def trace_args(file: Path | None, rate: int, level: str, count: int) -> list[str]:
+    """Triton's ``--trace-config`` flags for ``aigi serve --trace-file``; none when tracing is off.
+
+    Raises:
+        SettingsError: a rate below 1.
+    """
+    if file is None:
+        return []
+    if rate < 1:
+        raise SettingsError(f"--trace-rate must be at least 1, got {rate}")
+    return [
+        f"--trace-config=triton,file={Path(file).absolute()}",
+        f"--trace-config=rate={rate}",
+        f"--trace-config=level={level}",
+        f"--trace-config=count={count}",
+    ]
 
 
 def _add_watchdog_flags(parser: argparse.ArgumentParser) -> None:
@@ -367,6 +437,8 @@ def _server(args: argparse.Namespace, key: str | None) -> TritonServer:
         log_file=args.log_file,
         admin_key=key,
         tritonserver=args.tritonserver,
+        exit_timeout_s=args.exit_timeout,
+        extra_args=trace_args(args.trace_file, args.trace_rate, args.trace_level, args.trace_count),
     )
 
 
