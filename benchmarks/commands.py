@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_fault_check_arguments(check)
     check.set_defaults(handler=_fault_check)
+    from aigi.benchmarks.update_check import register as register_update_check  # light: stdlib at import
+
+    register_update_check(subparsers)
 
 
 def _register_bench(subparsers: argparse._SubParsersAction) -> None:

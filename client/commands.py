@@ -122,11 +122,11 @@ def _progress() -> Any:
 
 
 def format_row(result: Any) -> str:
-    """One table line: p_fake, verdict, label, source (or the error)."""
+    """One table line: p_fake, verdict, label, the model version that answered, source (or the error)."""
     if result.error:
-        return f"{'-':>7}  {'ERROR':<7}  {'-':<12}  {result.source}: {result.error}"
+        return f"{'-':>7}  {'ERROR':<7}  {'-':<12}  {'-':>7}  {result.source}: {result.error}"
     verdict = "FAKE" if result.is_fake else "real"
-    return f"{result.p_fake:7.4f}  {verdict:<7}  {result.label:<12}  {result.source}"
+    return f"{result.p_fake:7.4f}  {verdict:<7}  {result.label:<12}  {result.model_version or '-':>7}  {result.source}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -157,7 +157,8 @@ def run_predict(args: argparse.Namespace) -> int:
     ) as detector:
         info = detector.info  # fails fast, before any output, when the server is not there
         if not args.json:
-            print(f"{'p_fake':>7}  {'verdict':<7}  {'label':<12}  image (threshold {info.threshold:g})")
+            header = f"{'p_fake':>7}  {'verdict':<7}  {'label':<12}  {'version':>7}"
+            print(f"{header}  image (threshold {info.threshold:g})")
         bar = _progress()
         group_size = info.max_batch_size * detector.max_in_flight * 2
         for group in batched(itertools.chain([first], found), group_size):

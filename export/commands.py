@@ -24,7 +24,6 @@ def _key_value(text: str) -> tuple[str, str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export`` and ``repo check`` to the ``aigi`` parser."""
     from aigi.export.parity import MIN_AGREEMENT  # light: numpy and the core
-    from aigi.export.triton_config import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS  # light: no protobuf
 
     export = subparsers.add_parser(
         "export",
@@ -63,6 +62,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model whose parity images sit near the threshold)",
     )
     export.add_argument(
+        "--python-env",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra parameter for the Python-backend models (e.g. EXECUTION_ENV_PATH=...); repeatable",
+    )
+    _serving_flags(export)
+    export.add_argument(
+        "--keep-versions",
+        type=int,
+        default=2,
+        help="versions of the network and preprocessing models Triton keeps loaded (default 2: the current one "
+        "and one to roll back to); an export into an existing repository adds the next version",
+    )
+    export.set_defaults(handler=_export)
+
+    repo = subparsers.add_parser("repo", help="model repository tools")
+    repo_sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
+    check = repo_sub.add_parser("check", help="check a Triton model repository against its ONNX graphs and manifest")
+    check.add_argument("dir", type=Path, help="the model repository")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(handler=_repo_check)
+    manifest = repo_sub.add_parser(
+        "manifest", help="re-hash every file into MANIFEST.json (after building model.plan with build_engine.sh)"
+    )
+    manifest.add_argument("dir", type=Path, help="the model repository")
+    manifest.set_defaults(handler=_repo_manifest)
+    _register_versions(repo_sub)
+    repo.set_defaults(handler=lambda args: repo.print_help() or 2)
+
+
+def _serving_flags(export: argparse.ArgumentParser) -> None:
+    """The flags of :class:`aigi.export.settings.ServingSettings` (model_repository/README.md, "Serving settings")."""
+    from aigi.export.settings import DEFAULT_MAX_QUEUE_DELAY_US  # light: no protobuf
+    from aigi.export.triton_config import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
+
+    export.add_argument(
         "--max-queue-size",
         type=int,
         default=DEFAULT_MAX_QUEUE_SIZE,
@@ -78,27 +115,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(0: wait forever; default {DEFAULT_QUEUE_TIMEOUT_MS})",
     )
     export.add_argument(
-        "--python-env",
+        "--instances",
+        default="",
+        metavar="ROLE=N,...",
+        help="instance_group count per role, e.g. preprocess=2,network=1 (KIND_CPU for Python/cpu models, KIND_GPU "
+        "for onnx/trt; default 1 each)",
+    )
+    export.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        help="how long the dynamic batcher waits for batch-mates "
+        f"(default {DEFAULT_MAX_QUEUE_DELAY_US}: a lone request pays at most that)",
+    )
+    export.add_argument(
+        "--preferred-batch-sizes",
+        metavar="N,...",
+        help="dynamic_batching.preferred_batch_size, e.g. 4,8 (default: half and full --max-batch)",
+    )
+    export.add_argument(
+        "--response-cache",
+        action="store_true",
+        help="the ensemble answers a repeated request (identical image bytes) from Triton's response cache; the "
+        "server must be started with --cache-config local,size=BYTES",
+    )
+    export.add_argument(
+        "--warmup-batch-sizes",
+        metavar="N,...",
+        help="batch sizes of the warm-up requests of the preprocessing and network models (default: 1 and "
+        "--max-batch; an empty value turns warm-up off)",
+    )
+    export.add_argument(
+        "--config-override",
         type=_key_value,
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="extra parameter for the Python-backend models (e.g. EXECUTION_ENV_PATH=...); repeatable",
+        metavar="MODEL=FILE",
+        help="merge a text-format ModelConfig fragment into a generated config (MODEL: ensemble, preprocess, network "
+        "or a model name); protobuf merge: scalars replace, repeated fields append (see --override-mode); repeatable",
     )
-    export.set_defaults(handler=_export)
+    export.add_argument(
+        "--override-mode",
+        choices=("merge", "replace"),
+        default="merge",
+        help="replace: repeated fields named in an override replace the generated ones instead of appending",
+    )
 
-    repo = subparsers.add_parser("repo", help="model repository tools")
-    repo_sub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
-    check = repo_sub.add_parser("check", help="check a Triton model repository against its ONNX graphs and manifest")
-    check.add_argument("dir", type=Path, help="the model repository")
-    check.add_argument("--json", action="store_true", help="print the result as JSON")
-    check.set_defaults(handler=_repo_check)
-    manifest = repo_sub.add_parser(
-        "manifest", help="re-hash every file into MANIFEST.json (after building model.plan with build_engine.sh)"
+
+def _serving(args: argparse.Namespace):
+    from aigi.export.settings import ServingSettings, parse_instances, parse_sizes, read_override
+
+    def sizes(text: str | None, flag: str) -> tuple[int, ...] | None:
+        return None if text is None else parse_sizes(text, flag)
+
+    return ServingSettings(
+        instances=parse_instances(args.instances),
+        max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=sizes(args.preferred_batch_sizes, "--preferred-batch-sizes"),
+        response_cache=args.response_cache,
+        warmup_batch_sizes=sizes(args.warmup_batch_sizes, "--warmup-batch-sizes"),
+        overrides=[read_override(t, f, args.override_mode == "replace") for t, f in args.config_override],
     )
-    manifest.add_argument("dir", type=Path, help="the model repository")
-    manifest.set_defaults(handler=_repo_manifest)
-    repo.set_defaults(handler=lambda args: repo.print_help() or 2)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -122,6 +199,8 @@ def _export(args: argparse.Namespace) -> int:
         max_queue_size=args.max_queue_size,
         queue_timeout_ms=args.queue_timeout_ms,
         min_agreement=args.min_agreement,
+        serving=_serving(args),
+        keep_versions=args.keep_versions,
     )
     report = run_export(options)
     print(f"wrote {args.repo} ({report.backend}, {report.precision}); report: {args.repo}/{args.name}_EXPORT.md")
@@ -151,4 +230,61 @@ def _repo_manifest(args: argparse.Namespace) -> int:
         raise RepositoryError(f"{args.dir}: no such repository folder")
     path = write_manifest(args.dir, {})
     print(f"wrote {path} ({len((read_manifest(args.dir) or {}).get('files', {}))} files)")
+    return 0
+
+
+def _register_versions(repo_sub: argparse._SubParsersAction) -> None:
+    """``aigi repo versions|rollback|reload`` (aigi.export.versions)."""
+    versions = repo_sub.add_parser("versions", help="list the versions of a prefix's models")
+    versions.add_argument("dir", type=Path, help="the model repository")
+    versions.add_argument("--name", default="aigi", help="model name prefix (default: aigi)")
+    versions.add_argument("--json", action="store_true", help="print the versions as JSON")
+    versions.set_defaults(handler=_repo_versions)
+    rollback = repo_sub.add_parser(
+        "rollback", help="retire the newest version into DIR/.retired/ and make the previous one current"
+    )
+    rollback.add_argument("dir", type=Path, help="the model repository")
+    rollback.add_argument("--name", default="aigi", help="model name prefix (default: aigi)")
+    rollback.set_defaults(handler=_repo_rollback)
+    reload = repo_sub.add_parser(
+        "reload", help="make a running server load what the repository now holds (restricted repository API)"
+    )
+    reload.add_argument("--url", required=True, help="the server's HTTP HOST:PORT")
+    reload.add_argument("--admin-key-file", required=True, type=Path, help="file holding the aigi-admin-key value")
+    reload.add_argument("--model", default="aigi", help="the ensemble (default: aigi)")
+    reload.set_defaults(handler=_repo_reload)
+
+
+def _repo_versions(args: argparse.Namespace) -> int:
+    from aigi.export.versions import list_versions
+
+    rows = list_versions(args.dir, args.name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'version':>7}  {'state':<9}  {'created':<24}  {'network sha256':<14}  metrics / checkpoint")
+    for row in rows:
+        hashes = row.get("network_sha256") or {}
+        digest = (hashes.get("model.onnx") or hashes.get("model.plan") or "")[:12]
+        metrics = json.dumps(row.get("metrics") or {}, separators=(",", ":"))[:60]
+        print(f"{row['version']:>7}  {row['state']:<9}  {row.get('created', ''):<24}  {digest:<14}  {metrics}")
+        print(f"{'':>7}  {'':<9}  {'':<24}  {'':<14}  {row.get('checkpoint', '')}")
+    return 0
+
+
+def _repo_rollback(args: argparse.Namespace) -> int:
+    from aigi.export.versions import rollback
+
+    retired, current = rollback(args.dir, args.name)
+    print(f"retired version {retired} into {args.dir}/.retired/{args.name}/{retired}; version {current} is current")
+    print(f"a running server: aigi repo reload --url HOST:PORT --admin-key-file F --model {args.name}")
+    return 0
+
+
+def _repo_reload(args: argparse.Namespace) -> int:
+    from aigi.export.versions import reload
+
+    key = args.admin_key_file.read_text().strip()
+    for name, seconds in reload(args.url, key, args.model):
+        print(f"loaded {name} ({seconds:.2f} s)")
     return 0

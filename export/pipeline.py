@@ -39,12 +39,14 @@ from aigi.export.repo_writer import (
     DEFAULT_QUEUE_TIMEOUT_MS,
     NetworkArtifacts,
     RepositorySpec,
-    install,
+    install_version,
     model_names,
     stage_models,
     staging_area,
 )
 from aigi.export.report import ExportReport, StepReport, StepStatus
+from aigi.export.settings import ServingSettings
+from aigi.export.versions import next_version
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class ExportOptions:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
     min_agreement: float = parity.MIN_AGREEMENT
+    keep_versions: int = 2  # versions of the network and preprocessing models Triton keeps loaded
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
     @property
     def resolved_precision(self) -> str:
@@ -142,6 +146,8 @@ class ExportContext:
     cpu_parameters: dict[str, str] = field(default_factory=dict)
     # set by the trt step when the engine cannot be built here; raised once everything else is written
     engine_pending: TensorRTUnavailableError | None = None
+    # the version this export adds (aigi.export.versions: one more than any the repository holds or retired)
+    version: int = 1
 
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,7 @@ def _repository_spec(options: ExportOptions, meta: CheckpointMeta, context: Expo
         cpu_parameters=context.cpu_parameters if context else {},
         max_queue_size=options.max_queue_size,
         queue_timeout_ms=options.queue_timeout_ms,
+        serving=options.serving,
     )
 
 
@@ -332,15 +339,21 @@ def step_repository(context: ExportContext) -> StepReport:
     spec = _repository_spec(context.options, context.meta, context)
     staged = context.staging / "repo"
     staged.mkdir()
-    written = stage_models(staged, spec)
-    pending = [f"{spec.network_name}/1/{tensorrt_build.ENGINE_FILENAME}"] if context.engine_pending else []
+    written = stage_models(staged, spec, context.version, context.options.keep_versions)
+    engine = f"{spec.network_name}/{context.version}/{tensorrt_build.ENGINE_FILENAME}"
+    pending = [engine] if context.engine_pending else []
     problems = _check_staged(staged, pending).problems
     if problems:
-        raise ExportError("the written repository fails its check: " + problems[0])
-    message = f"models {', '.join(written)}" + ("; model.plan to be built" if pending else "")
-    return StepReport(
-        "repository", StepStatus.OK, artifact=str(context.repo), message=message, details={"models": written}
-    )
+        applied = ", ".join(f"{o.target}={o.source}" for o in spec.serving.overrides)
+        raise ExportError(
+            "the written repository fails its check: "
+            + "; ".join(problems)
+            + (f" (config overrides applied: {applied})" if applied else "")
+        )
+    message = f"models {', '.join(written)}, version {context.version}"
+    message += "; model.plan to be built" if pending else ""
+    details = {"models": written, "config_overrides": spec.serving.override_digests()}
+    return StepReport("repository", StepStatus.OK, artifact=str(context.repo), message=message, details=details)
 
 
 class Step(NamedTuple):
@@ -440,6 +453,7 @@ def run_export(options: ExportOptions, echo: Callable[[str], None] = print, show
         batches, references, report.parity_inputs = _references(options, meta, detector)
         with staging_area(options.repo) as staging:
             context = ExportContext(options, meta, detector, opt_batch, batches, references, staging)
+            context.version = next_version(options.repo, options.name, list(model_names(options.name).values()))
             for step in PIPELINE:
                 runner.run(step, context)
             _install(context, report)
@@ -471,16 +485,21 @@ def _install(context: ExportContext, report: ExportReport) -> None:
     report_json, report_md = f"{name}_export_report.json", f"{name}_EXPORT.md"
     (staged / report_json).write_text(report.to_json())
     (staged / report_md).write_text(report.to_markdown())
-    removed = install(staged, context.repo, list(model_names(name).values()), [report_json, report_md])
+    owned = list(model_names(name).values())
+    removed = install_version(staged, context.repo, owned, [report_json, report_md], context.version)
     if removed:
         logger.info("removed %s (replaced by %s)", ", ".join(removed), context.network_name)
     _write_manifest(context)
 
 
 def _write_manifest(context: ExportContext) -> None:
-    from aigi.manifest import write_manifest
+    from aigi.manifest import read_manifest, write_manifest
 
     options = context.options
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    previous = ((read_manifest(context.repo) or {}).get("exports") or {}).get(options.name) or {}
+    versions = dict(previous.get("versions") or {})
+    versions[str(context.version)] = version_record(context, created)
     write_manifest(
         context.repo,
         {
@@ -489,8 +508,31 @@ def _write_manifest(context: ExportContext) -> None:
                 "backend": options.backend,
                 "precision": context.precision,
                 "network_model": context.network_name,
+                "preprocess_model": model_names(options.name)["preprocess"],
+                "ensemble": options.name,
                 "max_batch": options.max_batch,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "created": created,
+                "version": context.version,
+                "keep_versions": options.keep_versions,
+                "versions": versions,
             }
         },
     )
+
+
+def version_record(context: ExportContext, created: str) -> dict[str, Any]:
+    """What ``aigi repo versions`` shows of the version this export added: where it came from, its metrics
+    (from aigi.json) and the sha256 of the network's files in its version folder."""
+    from aigi.manifest import sha256_file
+
+    folder = context.repo / context.network_name / str(context.version)
+    hashes = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    return {
+        "checkpoint": str(Path(context.options.checkpoint).absolute()),
+        "created": created,
+        "backend": context.options.backend,
+        "precision": context.precision,
+        "threshold": float(context.meta.threshold),
+        "metrics": context.meta.metrics,
+        "network_sha256": hashes,
+    }

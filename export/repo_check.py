@@ -161,6 +161,54 @@ def _check_labels(directory: Path, config: TritonModelConfig, problems: list[str
             problems.append(f"{where}: {len(labels)} labels but output '{spec.name}' has {size} values")
 
 
+def _check_warmups(directory: Path, config: TritonModelConfig, problems: list[str]) -> None:
+    where = f"{directory.name}/{CONFIG_FILENAME}"
+    for warmup in config.warmups:
+        if not 1 <= warmup.batch_size <= max(config.max_batch_size, 1):
+            problems.append(
+                f"{where}: warm-up '{warmup.name}' has batch_size {warmup.batch_size}, outside 1..max_batch_size "
+                f"({config.max_batch_size})"
+            )
+        for key, data in warmup.inputs.items():
+            spec = config.input(key)
+            if spec is None:
+                problems.append(f"{where}: warm-up '{warmup.name}' feeds '{key}', which is not an input")
+            elif (spec.data_type, spec.dims) != (data.data_type, data.dims):
+                problems.append(
+                    f"{where}: warm-up '{warmup.name}' input '{key}' is {data.data_type}{list(data.dims)} but the "
+                    f"input is {spec.data_type}{list(spec.dims)}"
+                )
+            if data.input_data_file and not (directory / "warmup" / data.input_data_file).is_file():
+                problems.append(f"{directory.name}/warmup/{data.input_data_file}: missing (warm-up '{warmup.name}')")
+
+
+# The ensemble's tensors are the contract clients rely on (docs/CONTRACT.md): name -> (type, dims or None: any).
+CONTRACT_INPUTS: dict[str, tuple[str, tuple[int, ...] | None]] = {"image": ("TYPE_STRING", (1,))}
+CONTRACT_OUTPUTS: dict[str, tuple[str, tuple[int, ...] | None]] = {
+    "probs": ("TYPE_FP32", None),
+    "p_fake": ("TYPE_FP32", (1,)),
+}
+
+
+def _check_contract(name: str, config: TritonModelConfig, problems: list[str]) -> None:
+    """The ensemble's inputs and outputs are exactly those of docs/CONTRACT.md (an override may not change them)."""
+    where = f"{name}/{CONFIG_FILENAME}: breaks docs/CONTRACT.md:"
+    for kind, specs, contract in (
+        ("input", config.inputs, CONTRACT_INPUTS),
+        ("output", config.outputs, CONTRACT_OUTPUTS),
+    ):
+        names = [spec.name for spec in specs]
+        if sorted(names) != sorted(contract):
+            problems.append(f"{where} ensemble {kind}s are {names}, the contract's are {list(contract)}")
+        for spec in specs:
+            data_type, dims = contract.get(spec.name, (spec.data_type, tuple(spec.dims)))
+            if spec.data_type != data_type or (dims is not None and tuple(spec.dims) != dims):
+                problems.append(
+                    f"{where} ensemble {kind} '{spec.name}' is {spec.data_type}{list(spec.dims)}, the contract's is "
+                    f"{data_type}{list(dims) if dims is not None else ''}"
+                )
+
+
 def _check_model(
     directory: Path, config: TritonModelConfig, problems: list[str], notes: list[str], pending: Collection[str] = ()
 ) -> None:
@@ -176,6 +224,7 @@ def _check_model(
     if platform not in ("ensemble", "python", "onnxruntime", "tensorrt_plan"):
         notes.append(f"{where}: platform/backend '{platform}' is not one aigi writes; artifacts not checked")
     _check_labels(directory, config, problems)
+    _check_warmups(directory, config, problems)
     for version in versions:
         vwhere = f"{name}/{version.name}"
         if platform == "ensemble":
@@ -314,6 +363,7 @@ def check_repository(repo: str | Path, pending: Collection[str] = ()) -> CheckRe
         report.problems.append(f"{repo}: no model folders (none has a {CONFIG_FILENAME})")
     for name, config in configs.items():
         if config.platform == "ensemble":
+            _check_contract(name, config, report.problems)
             _check_ensemble(name, config, configs, report.problems)
     manifest_problems, verified = verify_manifest(repo)
     report.problems.extend(str(problem) for problem in manifest_problems)

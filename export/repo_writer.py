@@ -26,6 +26,7 @@ from pathlib import Path
 from aigi.checkpoint import CheckpointMeta
 from aigi.errors import ExportError
 from aigi.export.onnx_export import INPUT_NAME
+from aigi.export.settings import ServingSettings
 from aigi.export.triton_config import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_QUEUE_TIMEOUT_MS,
@@ -47,7 +48,8 @@ BACKENDS = ("cpu", "onnx", "trt")
 PRECISIONS = {"cpu": ("fp32", "int8"), "onnx": ("fp32", "fp16"), "trt": ("fp16",)}
 DEFAULT_PRECISION = {"cpu": "fp32", "onnx": "fp32", "trt": "fp16"}
 LABELS_FILENAME = "labels.txt"
-QUEUE_DELAY_US = 2000
+WARMUP_FOLDER = "warmup"  # Triton reads a warm-up input_data_file from this subfolder of the model folder
+WARMUP_IMAGE = "image.png"
 PYTHON_MODEL_SOURCES = {"preprocess": "preprocess.py", "cpu": "onnx_cpu.py"}
 # aigi_preprocess carries the few core modules it imports, and runs them rather than an installed aigi
 VENDORED_CORE = ("__init__.py", "errors.py", "preprocessing.py")
@@ -114,6 +116,7 @@ class RepositorySpec:
     cpu_parameters: dict[str, str] = field(default_factory=dict)
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -131,6 +134,8 @@ class RepositorySpec:
             raise ExportError(f"--queue-timeout-ms must be 0 (no timeout) or more, got {self.queue_timeout_ms}")
         if not self.prefix or not self.prefix.replace("_", "").replace("-", "").isalnum():
             raise ExportError(f"--name must be letters, digits, '_' or '-', got {self.prefix!r}")
+        written = {"ensemble": self.names["ensemble"], "preprocess": self.names["preprocess"]}
+        self.serving.validate(self.max_batch, {**written, "network": self.network_name})
 
     @property
     def names(self) -> dict[str, str]:
@@ -154,7 +159,40 @@ def _batching(spec: RepositorySpec) -> DynamicBatching:
         allow_timeout_override=True,
         max_queue_size=spec.max_queue_size,
     )
-    return DynamicBatching(QUEUE_DELAY_US, preferred_batch_sizes(spec.max_batch), policy)
+    preferred = spec.serving.preferred_batch_sizes
+    preferred = preferred_batch_sizes(spec.max_batch) if preferred is None else preferred
+    return DynamicBatching(spec.serving.max_queue_delay_us, preferred, policy)
+
+
+def _warmup_sizes(spec: RepositorySpec) -> tuple[int, ...]:
+    sizes = spec.serving.warmup_batch_sizes
+    return tuple(sorted({1, spec.max_batch})) if sizes is None else sizes
+
+
+def _network_warmups(spec: RepositorySpec) -> list[ModelWarmup]:
+    data = {INPUT_NAME: WarmupInput("TYPE_FP32", _pixel_dims(spec.meta))}
+    return [ModelWarmup(f"random_batch_{size}", size, data) for size in _warmup_sizes(spec)]
+
+
+def _preprocess_warmups(spec: RepositorySpec) -> list[ModelWarmup]:
+    data = {"image": WarmupInput("TYPE_STRING", (1,), random_data=False, input_data_file=WARMUP_IMAGE)}
+    return [ModelWarmup(f"image_batch_{size}", size, data) for size in _warmup_sizes(spec)]
+
+
+def warmup_image(size: int) -> bytes:
+    """The encoded PNG the preprocessing model decodes while warming up, as Triton reads it for a TYPE_STRING
+    element: a 4-byte little-endian length, then the bytes (a ``size`` x ``size`` gradient)."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)), np.full((size, size), 128)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return struct.pack("<I", buffer.tell()) + buffer.getvalue()
 
 
 # What of aigi.json the ensemble's ``aigi_json`` parameter carries. Anyone who reaches the server can read a
@@ -263,6 +301,7 @@ def ensemble_config(spec: RepositorySpec) -> TritonModelConfig:
             "preprocessing": json.dumps(meta.preprocessing.to_dict()),
             "aigi_json": json.dumps(public_meta(meta.to_dict()), separators=(",", ":")),
         },
+        response_cache=spec.serving.response_cache,
     )
 
 
@@ -275,7 +314,8 @@ def preprocess_config(spec: RepositorySpec) -> TritonModelConfig:
         inputs=[TensorSpec("image", "TYPE_STRING", (1,))],
         outputs=[TensorSpec(INPUT_NAME, "TYPE_FP32", _pixel_dims(spec.meta))],
         dynamic_batching=_batching(spec),
-        instance_groups=[InstanceGroup("KIND_CPU", 1)],
+        instance_groups=[InstanceGroup("KIND_CPU", spec.serving.instances["preprocess"])],
+        warmups=_preprocess_warmups(spec),
         parameters={"preprocessing": json.dumps(spec.meta.preprocessing.to_dict()), **(spec.python_env or {})},
     )
 
@@ -293,12 +333,13 @@ def network_config(spec: RepositorySpec) -> TritonModelConfig:
             TensorSpec("p_fake", "TYPE_FP32", (1,)),
         ],
         dynamic_batching=_batching(spec),
-        warmups=[ModelWarmup("random_batch_1", 1, {INPUT_NAME: WarmupInput("TYPE_FP32", _pixel_dims(spec.meta))})],
+        warmups=_network_warmups(spec),
         parameters={"precision": spec.precision},
     )
+    count = spec.serving.instances["network"]
     if spec.backend == "cpu":
         config.backend = "python"
-        config.instance_groups = [InstanceGroup("KIND_CPU", 1)]
+        config.instance_groups = [InstanceGroup("KIND_CPU", count)]
         config.parameters.update(
             {
                 "onnx_file": spec.network.onnx_file,
@@ -310,23 +351,27 @@ def network_config(spec: RepositorySpec) -> TritonModelConfig:
     elif spec.backend == "onnx":
         config.backend = "onnxruntime"
         config.default_model_filename = "model.onnx"
-        config.instance_groups = [InstanceGroup("KIND_GPU", 1)]
+        config.instance_groups = [InstanceGroup("KIND_GPU", count)]
     else:
         config.platform = "tensorrt_plan"
         config.default_model_filename = "model.plan"
-        config.instance_groups = [InstanceGroup("KIND_GPU", 1)]
+        config.instance_groups = [InstanceGroup("KIND_GPU", count)]
     return config
 
 
 def build_configs(spec: RepositorySpec) -> list[TritonModelConfig]:
-    """The three configs of a prefix: ensemble, preprocess, network."""
-    return [ensemble_config(spec), preprocess_config(spec), network_config(spec)]
+    """The three configs of a prefix: ensemble, preprocess, network, each with the overrides aimed at it."""
+    configs = [ensemble_config(spec), preprocess_config(spec), network_config(spec)]
+    for role, config in zip(("ensemble", "preprocess", "network"), configs, strict=True):
+        config.overrides = spec.serving.overrides_for(role, config.name)
+    return configs
 
 
 def _write_model(root: Path, config: TritonModelConfig, files: dict[str, Path], labels: list[str] | None) -> Path:
     directory = root / config.name
     (directory / "1").mkdir(parents=True, exist_ok=True)
     (directory / "config.pbtxt").write_text(render_config(config))
+    _write_warmup_files(directory, config)
     if labels is not None:
         (directory / LABELS_FILENAME).write_text("\n".join(labels) + "\n")
     for relative, source in files.items():
@@ -338,8 +383,20 @@ def _write_model(root: Path, config: TritonModelConfig, files: dict[str, Path], 
     return directory
 
 
-def stage_models(staging: str | Path, spec: RepositorySpec) -> list[str]:
-    """Write the prefix's three model folders into ``staging`` (moving the network artifacts in).
+def _write_warmup_files(directory: Path, config: TritonModelConfig) -> None:
+    """The encoded image the preprocessing model's warm-up reads (``warmup/image.png``), when its config uses it."""
+    files = {data.input_data_file for warmup in config.warmups for data in warmup.inputs.values()}
+    if WARMUP_IMAGE in files:
+        size = max(config.outputs[0].dims[-1], 8) if config.outputs and config.outputs[0].dims else 64
+        (directory / WARMUP_FOLDER).mkdir(exist_ok=True)
+        (directory / WARMUP_FOLDER / WARMUP_IMAGE).write_bytes(warmup_image(size))
+
+
+def stage_models(staging: str | Path, spec: RepositorySpec, version: int = 1, keep_versions: int = 2) -> list[str]:
+    """Write the prefix's three model folders into ``staging`` (moving the network artifacts in), as ``version``.
+
+    The ensemble's steps pin ``version`` of its composing models and it keeps one version; the network and
+    preprocessing models keep ``keep_versions`` (see :mod:`aigi.export.versions`).
 
     Returns:
         The model folder names written.
@@ -352,6 +409,8 @@ def stage_models(staging: str | Path, spec: RepositorySpec) -> list[str]:
         if not Path(source).is_file():
             raise ExportError(f"artifact {name} was not produced ({source} missing)")
     ensemble, preprocess, network = build_configs(spec)
+    for step in ensemble.ensemble_steps:
+        step.model_version = version
     _write_model(staging, ensemble, {}, spec.meta.labels)
     core = Path(str(importlib.resources.files("aigi")))
     preprocess_files = {"1/model.py": python_model_source("preprocess")}
@@ -361,7 +420,22 @@ def stage_models(staging: str | Path, spec: RepositorySpec) -> list[str]:
     if spec.backend == "cpu":
         network_files["1/model.py"] = python_model_source("cpu")
     _write_model(staging, network, network_files, spec.meta.labels)
+    _number_version(staging, {ensemble.name: 1, preprocess.name: keep_versions, network.name: keep_versions}, version)
     return [ensemble.name, preprocess.name, network.name]
+
+
+def _number_version(staging: Path, keep: dict[str, int], version: int) -> None:
+    """Rename each staged model's version folder ``1`` to ``version``, append its version policy and seal its
+    model-level files into that folder."""
+    from aigi.export.versions import seal_model_files, version_policy_text
+
+    for name, count in keep.items():
+        directory = staging / name
+        if version != 1:
+            os.replace(directory / "1", directory / str(version))
+        with open(directory / "config.pbtxt", "a") as handle:
+            handle.write(version_policy_text(count))
+        seal_model_files(directory, version)
 
 
 @contextmanager
@@ -374,6 +448,62 @@ def staging_area(repo: str | Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def install_version(
+    staged: str | Path, repo: str | Path, owned: list[str], top_level: list[str], version: int
+) -> list[str]:
+    """Add the staged ``version`` of each owned model beside the versions already in ``repo``.
+
+    A model new to ``repo`` moves in whole; an existing one gets the new version folder (never replacing one)
+    and the new model-level files. When an owned folder is not staged (``--backend`` changed the network model),
+    the export is a new lineage: every owned folder is replaced as by :func:`install`, keeping the numbering.
+    Everything is checked before anything moves, and each move is a rename undone if a later one fails.
+
+    Raises:
+        ExportError: the version folder exists already, or the new model is incompatible with the kept versions.
+    """
+    from aigi.export.versions import incompatibility
+
+    staged, repo = Path(staged), Path(repo)
+    if any((repo / name).is_dir() and not (staged / name).exists() for name in owned):
+        # another network model (the backend changed): a new lineage replaces the prefix's models; its version
+        # number still follows the old ones, so no number ever names two different models
+        return install(staged, repo, owned, top_level)
+    for name in owned:
+        current, new = repo / name, staged / name
+        if current.is_dir() and new.is_dir():
+            if (current / str(version)).exists():
+                raise ExportError(f"{name}/{version} exists already; a served version is never rewritten")
+            why = incompatibility(current, new)
+            if why:
+                raise ExportError(
+                    f"cannot add version {version} to {name}: {why} from the versions it holds; export under "
+                    "another --name or into a new repository"
+                )
+    merged = [name for name in owned if (repo / name).is_dir() and (staged / name).is_dir()]
+    backup = Path(tempfile.mkdtemp(prefix=".versions-", dir=staged.parent))
+    moved: list[tuple[Path, Path]] = []  # (from, to), to undo in reverse
+    try:
+        for name in merged:  # a new folder beside the kept versions, then the new model-level files
+            moves = [(staged / name / str(version), repo / name / str(version))]
+            moves += [(entry, repo / name / entry.name) for entry in (staged / name).iterdir() if entry.is_file()]
+            for source, target in moves:
+                if target.is_file():
+                    (backup / name).mkdir(exist_ok=True)
+                    os.replace(target, backup / name / target.name)
+                    moved.append((target, backup / name / target.name))
+                os.replace(source, target)
+                moved.append((source, target))
+        return install(staged, repo, [name for name in owned if name not in merged], top_level)
+    except (OSError, ExportError) as exc:
+        for source, target in reversed(moved):
+            os.replace(target, source)
+        if isinstance(exc, ExportError):
+            raise
+        raise ExportError(f"could not add version {version} to {repo}: {exc}; the repository is unchanged") from exc
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def install(staged: str | Path, repo: str | Path, owned: list[str], top_level: list[str]) -> list[str]:

@@ -8,7 +8,8 @@ import aigi.cli
 from aigi.cli import build_parser, main
 
 STAGE_COMMANDS = {
-    *("data", "train", "eval", "export", "repo", "serve", "health", "trace", "predict", "bench", "fault-check", "demo"),
+    *("data", "train", "eval", "export", "repo", "serve", "health", "trace", "predict"),
+    *("bench", "fault-check", "update-check", "demo"),
 }
 
 

@@ -133,7 +133,7 @@ def test_repo_check_accepts_repository_when_backend_is_onnx_with_name_prefix(cpu
 def test_export_replaces_network_model_when_backend_changes(cpu_copy, checkpoint):
     assert _export(checkpoint, cpu_copy, "--backend", "onnx") == 0
     assert not (cpu_copy / "aigi_cpu").exists()
-    assert (cpu_copy / "aigi_onnx" / "1" / "model.onnx").is_file()
+    assert (cpu_copy / "aigi_onnx" / "2" / "model.onnx").is_file()  # a new lineage; version numbers go on
     assert check_repository(cpu_copy).ok
 
 
@@ -367,8 +367,9 @@ def test_export_writes_queue_policy_when_model_has_dynamic_batcher(cpu_repo):
 
     for name in ("aigi_preprocess", "aigi_cpu"):
         text = (cpu_repo / name / "config.pbtxt").read_text()
-        assert "default_queue_policy {" in text and "timeout_action: REJECT" in text, name
+        assert "default_queue_policy {" in text, name
         policy = parse_config(text).dynamic_batching.default_queue_policy
+        assert policy.timeout_action == policy.REJECT  # the enum's zero: text format leaves it out
         assert policy.max_queue_size == DEFAULT_MAX_QUEUE_SIZE == 64
         assert policy.default_timeout_microseconds == DEFAULT_QUEUE_TIMEOUT_MS * 1000 == 10_000_000
         assert policy.allow_timeout_override is True
@@ -445,3 +446,53 @@ def test_public_meta_keeps_preset_and_hub_sources_when_not_local():
         meta["architecture"]["source"] = local
         assert repo_writer.public_meta(meta)["architecture"]["source"] == repo_writer.PATH_REMOVED, local
     assert repo_writer.public_meta({"hostinfo": "x", "task": "/abs"}) == {"task": repo_writer.PATH_REMOVED}
+
+
+def test_repo_check_accepts_override_when_it_keeps_the_contract(checkpoint, tmp_path, capsys):
+    import hashlib
+
+    from aigi.export.triton_config import parse_config
+
+    override = tmp_path / "preprocess.pbtxt"
+    override.write_text(
+        "instance_group [ { count: 3 kind: KIND_CPU } ]\ndynamic_batching { preferred_batch_size: 2 }\n"
+    )
+    repo = tmp_path / "repo"
+    argv = ["--repo", str(repo), "--backend", "cpu", "--max-batch", "4", "--override-mode", "replace"]
+    assert _export(checkpoint, repo, *argv, "--config-override", f"preprocess={override}") == 0
+    proto = parse_config((repo / "aigi_preprocess" / "config.pbtxt").read_text())
+    assert [g.count for g in proto.instance_group] == [3]
+    assert list(proto.dynamic_batching.preferred_batch_size) == [2]
+    assert main(["repo", "check", str(repo)]) == 0
+    report = json.loads((repo / "aigi_export_report.json").read_text())
+    repository = next(step for step in report["steps"] if step["step"] == "repository")
+    assert repository["details"]["config_overrides"] == [
+        {"target": "preprocess", "file": str(override), "sha256": hashlib.sha256(override.read_bytes()).hexdigest()}
+    ]
+
+
+@pytest.mark.parametrize(
+    "target,text,problem",
+    [
+        (
+            "preprocess",
+            'output [ { name: "pixels" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]',
+            "input_map value 'pixel_values' is not produced",
+        ),
+        (
+            "network",
+            'input [ { name: "pixel_values" data_type: TYPE_FP32 dims: [ 3, 112, 112 ] } ]',
+            "has dims [3, 112, 112] but model.onnx has [3, 224, 224]",
+        ),
+        ("ensemble", 'input [ { name: "image" data_type: TYPE_STRING dims: [ 2 ] } ]', "breaks docs/CONTRACT.md"),
+    ],
+)
+def test_export_refuses_override_when_it_breaks_the_contract(checkpoint, tmp_path, capsys, target, text, problem):
+    override = tmp_path / "bad.pbtxt"
+    override.write_text(text)
+    repo = tmp_path / "repo"
+    argv = ["--repo", str(repo), "--backend", "cpu", "--max-batch", "4", "--override-mode", "replace"]
+    assert _export(checkpoint, repo, *argv, "--config-override", f"{target}={override}") != 0
+    err = capsys.readouterr().err
+    assert "fails its check" in err and problem in err and f"config overrides applied: {target}=" in err
+    assert not repo.exists()

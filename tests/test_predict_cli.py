@@ -46,6 +46,7 @@ def test_predict_prints_json_lines_and_exits_zero_when_every_image_is_valid(
         str(image_tree / "good/nested/b.jpg"),
     ]
     assert all(row["error"] is None and row["label"] in SERVE_LABELS for row in rows)
+    assert all(row["model_version"] == "1" for row in rows)  # the version that answered, in every JSON line
     assert "2 images: " in out.err and "0 failed" in out.err
 
 
@@ -59,7 +60,9 @@ def test_predict_prints_each_failure_and_exits_one_when_some_images_are_bad(
     out = capsys.readouterr()
     assert code == 1
     lines = out.out.splitlines()
-    assert lines[0].split()[:3] == ["p_fake", "verdict", "label"]
+    assert lines[0].split()[:4] == ["p_fake", "verdict", "label", "version"]
+    served = [line for line in lines[1:] if " ERROR " not in line]
+    assert all(line.split()[3] == "1" for line in served)  # the version that answered (ensemble or network)
     errors = [line for line in lines if " ERROR " in line]
     assert len(errors) == 2
     assert any("broken.jpg" in line and "truncated" in line for line in errors)

@@ -6,7 +6,9 @@ included: a planted ``__pycache__/model.cpython-311.pyc`` is what Python would r
 it must show as a file the manifest does not list. (``aigi export`` puts a *file* named ``__pycache__`` beside
 each Python source, so the server cannot write caches there: Triton's Python backend stub runs an isolated
 interpreter that ignores ``PYTHONDONTWRITEBYTECODE``.) Folders that are not models (no ``config.pbtxt``), such as
-the ``python_models`` sources that live in the default repository folder, are not covered.
+the ``python_models`` sources that live in the default repository folder, are not covered, nor are hidden
+top-level folders: ``.retired/`` holds the versions ``aigi repo rollback`` took out of service (Triton never loads
+them; the manifest records them under ``exports.PREFIX.versions``, and a later export never reuses their numbers).
 
 Core (standard library plus :mod:`aigi.checkpoint`): ``aigi serve`` verifies a repository with it before starting
 a server, without importing the export stage.
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILENAME = "MANIFEST.json"
 MANIFEST_FORMAT = 1
 CONFIG_FILENAME = "config.pbtxt"
+# where `aigi repo rollback` moves retired version folders (aigi.export.versions); hidden, so neither covered here
+# nor a model folder for Triton or aigi serve
+RETIRED_DIR = ".retired"
 # the repository's own documentation is edited by people, not written by export
 UNCOVERED_TOP_LEVEL = (MANIFEST_FILENAME, "README.md")
 
@@ -45,7 +50,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _model_folders(repo: Path) -> list[Path]:
-    return [entry for entry in sorted(repo.iterdir()) if entry.is_dir() and (entry / CONFIG_FILENAME).is_file()]
+    return [
+        entry
+        for entry in sorted(repo.iterdir())
+        if entry.is_dir() and not entry.name.startswith(".") and (entry / CONFIG_FILENAME).is_file()
+    ]
 
 
 def _walk(folder: Path) -> tuple[list[Path], list[Path]]:

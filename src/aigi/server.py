@@ -162,6 +162,22 @@ def restricted_api_args(admin_key: str) -> list[str]:
     ]
 
 
+DEFAULT_RESPONSE_CACHE_BYTES = 64 * 1024 * 1024
+_RESPONSE_CACHE = re.compile(r"^\s*response_cache\s*\{[^}]*enable\s*:\s*true", re.MULTILINE)
+
+
+def response_cache_args(repo: Path, size_bytes: int) -> list[str]:
+    """Triton's local response cache, sized ``size_bytes``, when a model of ``repo`` enables ``response_cache``.
+
+    A config's ``response_cache { enable: true }`` does nothing unless the server starts with a cache: without
+    this flag Triton loads the model and silently caches nothing.
+    """
+    configs = (Path(repo) / name / "config.pbtxt" for name in model_folders(repo))
+    if not any(_RESPONSE_CACHE.search(config.read_text(errors="replace")) for config in configs):
+        return []
+    return [f"--cache-config=local,size={int(size_bytes)}"]
+
+
 def serving_args(repo: Path, admin_key: str, served_at: str | Path | None = None) -> list[str]:
     """The ``tritonserver`` flags that decide which models load and who may change that; every way aigi starts
     Triton uses them (:meth:`TritonServer.command`, and through it the container's ``aigi serve``).
@@ -204,6 +220,8 @@ class TritonServer:
             in NVIDIA's container: its binary and backends are used as they are (its Python backend stub already
             matches its ``python3``). ``None``: the ``nvidia-pytriton`` wheel's server, with a copy of its backends
             and the stub for ``env``'s Python.
+        response_cache_bytes: size of Triton's local response cache, started only when a model enables
+            ``response_cache`` (``aigi export --response-cache``).
     """
 
     def __init__(
@@ -220,9 +238,11 @@ class TritonServer:
         extra_args: list[str] | None = None,
         admin_key: str | None = None,
         tritonserver: str | Path | None = None,
+        response_cache_bytes: int = DEFAULT_RESPONSE_CACHE_BYTES,
     ) -> None:
         self.repo = Path(repo).resolve()
         self.tritonserver = Path(tritonserver).absolute() if tritonserver else None
+        self.response_cache_bytes = int(response_cache_bytes)
         self.admin_key = admin_key or secrets.token_urlsafe(24)
         self.env = Path(env or sys.prefix).absolute()
         self.host = host
@@ -308,6 +328,7 @@ class TritonServer:
             *serving_args(self.repo, self.admin_key, served_at),
             f"--backend-directory={backends}",
             f"--cache-directory={dist / 'caches'}",
+            *response_cache_args(self.repo, self.response_cache_bytes),
             f"--http-port={self.ports['http']}",
             f"--grpc-port={self.ports['grpc']}",
             f"--metrics-port={self.ports['metrics']}",

@@ -95,7 +95,6 @@ def format_trace(request: TracedRequest, indent: int = 0) -> list[str]:
 
     name = f"{'  ' * indent}{request.model or '?'} v{request.version} (trace {request.id})"
     line = (
-        f"{name}: total {ms(request.total_ms)} ms, queue {ms(request.queue_ms)} ms, "
-        f"compute {ms(request.compute_ms)} ms"
+        f"{name}: total {ms(request.total_ms)} ms, queue {ms(request.queue_ms)} ms, compute {ms(request.compute_ms)} ms"
     )
     return [line, *(text for step in request.steps for text in format_trace(step, indent + 1))]
