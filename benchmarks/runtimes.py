@@ -170,6 +170,7 @@ RUNTIMES: tuple[RuntimeSpec, ...] = (
     ),
     _spec("triton-bytes-grpc-fp32", "triton", "fp32", "triton_runtimes:TritonBytesRuntime", protocol="grpc"),
     _spec("triton-bytes-http-fp32", "triton", "fp32", "triton_runtimes:TritonBytesRuntime", protocol="http"),
+    _spec("triton-bytes-grpc-int8", "triton", "int8", "triton_runtimes:TritonBytesRuntime", protocol="grpc"),
 )
 RUNTIME_NAMES: tuple[str, ...] = tuple(spec.name for spec in RUNTIMES)
 

@@ -614,3 +614,12 @@ def test_bench_splits_triton_latency_and_agrees_when_serving_the_exported_repo(
         }
         assert all(row["images_per_s"] > 0 and row["p50_ms"] > 0 for row in rows)
         assert "## perf_analyzer\n\n| model | batch |" in markdown
+
+
+def test_bytes_path_has_an_int8_grpc_runtime_when_selected() -> None:
+    from aigi.benchmarks.runtimes import select_runtimes
+
+    chosen = {spec.name: spec for spec in select_runtimes("triton-bytes-*")}
+    spec = chosen["triton-bytes-grpc-int8"]
+    assert (spec.family, spec.precision, spec.option("protocol")) == ("triton", "int8", "grpc")
+    assert spec.builder == "triton_runtimes:TritonBytesRuntime"  # the same path as its FP32 sibling, INT8 network

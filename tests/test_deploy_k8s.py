@@ -584,15 +584,27 @@ def test_dashboard_plots_throughput_quantiles_queue_compute_failures_and_gpu_whe
         assert metric in metric_names(text), metric
     for quantile in ("0.5", "0.99"):
         assert re.search(rf'nv_inference_request_summary_us\{{[^}}]*quantile="{quantile}"', text), quantile
+    detector = {  # the Python models' own metrics (model_repository/python_models)
+        "aigi_images_refused_total",
+        "aigi_verdicts_total",
+        "aigi_p_fake_bucket",
+        "aigi_preprocess_duration_us_bucket",
+        "aigi_image_pixels_bucket",
+        "aigi_image_bytes_sum",
+    }
+    assert detector <= metric_names(text), sorted(detector - metric_names(text))
 
 
 def exported_metric_names(metrics_text: str) -> set[str]:
-    """Names in a Prometheus exposition: each family, plus ``_count``/``_sum`` of summaries."""
+    """Names in a Prometheus exposition: each family, plus ``_count``/``_sum`` of summaries and histograms and
+    ``_bucket`` of histograms."""
     names = set()
     for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, re.MULTILINE):
         names.add(family)
         if kind in ("summary", "histogram"):
             names |= {f"{family}_count", f"{family}_sum"}
+        if kind == "histogram":
+            names.add(f"{family}_bucket")
     return names
 
 
@@ -604,6 +616,7 @@ def test_dashboard_and_adapter_name_only_metrics_triton_exports_when_scraped(tri
     with urllib.request.urlopen(triton_server.endpoints["metrics_url"], timeout=10) as response:
         exported = exported_metric_names(response.read().decode())
     assert "nv_inference_request_success" in exported
+    assert {"aigi_images_refused_total", "aigi_p_fake_bucket"} <= exported  # the Python models' custom metrics
     queries = dashboard_queries() + [
         text for rule in adapter_rules() for text in (rule["seriesQuery"], rule["metricsQuery"])
     ]
