@@ -16,6 +16,7 @@ from aigi.errors import (
     ModelNotReadyError,
     RequestRejectedError,
     RequestTimeoutError,
+    ServerBusyError,
     ServerUnreachableError,
     SettingsError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "RequestRejectedError",
     "RequestTimeoutError",
     "Result",
+    "ServerBusyError",
     "ServerUnreachableError",
     "SettingsError",
 ]

@@ -39,6 +39,7 @@ from aigi.errors import (
     ModelNotReadyError,
     RequestRejectedError,
     RequestTimeoutError,
+    ServerBusyError,
     ServerUnreachableError,
 )
 
@@ -55,6 +56,9 @@ NOT_READY = "not_ready"
 REJECTED = "rejected"
 TIMEOUT = "timeout"
 TLS = "tls"
+BUSY = "busy"
+# Triton's words when a model's queue policy refuses a request (aigi export --max-queue-size, --queue-timeout-ms)
+_BUSY_WORDS = ("exceeds maximum queue size", "request timeout expired")
 
 # gRPC status names / HTTP codes that mean "nobody is answering right now", worth another try
 _RETRY_STATUSES = {
@@ -86,7 +90,8 @@ def classify(exc: BaseException) -> str:
     """What a failed call means, and so whether to send it again.
 
     Returns:
-        ``retry`` (nobody answered: refused, reset, unavailable), ``timeout`` (a deadline expired: the server is
+        ``retry`` (nobody answered: refused, reset, unavailable), ``busy`` (a queue policy refused it: back off and
+        retry, elsewhere if possible), ``timeout`` (a deadline expired: the server is
         slow, not down, so it is not retried), ``not_ready`` (the model is not loaded), ``tls`` (the TLS handshake
         failed: a certificate, or a plaintext server) or ``rejected`` (the server said no, a restricted API
         included).
@@ -106,6 +111,8 @@ def classify(exc: BaseException) -> str:
             return NOT_READY
         if "restricted" in message:  # Triton refuses a restricted API without its header as UNAVAILABLE
             return REJECTED
+        if any(words in message for words in _BUSY_WORDS):
+            return BUSY  # answered, but overloaded: back off from this replica, try another
         if status == "StatusCode.UNAVAILABLE" and any(word in message for word in _TLS_WORDS):
             return TLS
         if status in _RETRY_STATUSES or not status and "connect" in message:
@@ -286,4 +293,6 @@ class Attempts:
         detail = f"{describe(self.last)} (last at {self.address})"
         if self.kind == NOT_READY:
             return ModelNotReadyError(f"model {self.target!r} at {url} is not ready {spent}: {detail}")
+        if self.kind == BUSY:
+            return ServerBusyError(f"model {self.target!r} at {url} stayed busy (queue full) {spent}: {detail}")
         return ServerUnreachableError(f"no Triton server answered at {url} {spent}: {detail}")

@@ -34,6 +34,7 @@ from aigi.client.replicas import (
 )
 from aigi.client.result import Result
 from aigi.client.retry import (
+    BUSY,
     MAX_BACKOFF_S,
     NOT_READY,
     REJECTED,
@@ -50,6 +51,7 @@ from aigi.errors import (
     ModelNotReadyError,
     RequestRejectedError,
     RequestTimeoutError,
+    ServerBusyError,
     ServerUnreachableError,
     SettingsError,
 )
@@ -77,7 +79,7 @@ def _server_error(status: str, message: str = "boom") -> InferenceServerExceptio
     ("exc", "kind"),
     [
         (_server_error("StatusCode.UNAVAILABLE", "failed to connect to all addresses"), RETRY),
-        (_server_error("StatusCode.RESOURCE_EXHAUSTED", "Exceeds maximum queue size"), RETRY),
+        (_server_error("StatusCode.RESOURCE_EXHAUSTED", "Exceeds maximum queue size"), BUSY),
         (_server_error("503"), RETRY),
         (_server_error("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), TIMEOUT),
         (_server_error("StatusCode.NOT_FOUND", "Request for unknown model"), NOT_READY),
@@ -482,3 +484,24 @@ def test_addresses_from_addrinfo_format_ipv4_and_ipv6_once_each_when_given_getad
     ]
     assert addresses_from_addrinfo(infos, 8001) == ["10.0.0.2:8001", "[fd00::1]:8001"]
     assert Endpoint("[fd00::1]:8001", dns=True).host_port() == ("fd00::1", 8001)
+
+
+QUEUE_FULL = InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE")
+
+
+def test_attempts_moves_to_another_replica_when_one_refuses_with_a_full_queue() -> None:
+    settings, clock = _settings(["127.0.0.1:1", "127.0.0.1:2"]), Clock()
+    attempts = Attempts(settings, "infer", "aigi", settings.replicas)
+    log = _drive(attempts, clock, lambda address, now: QUEUE_FULL if address.endswith(":1") else None)
+    assert _tries(log)[-1] == "127.0.0.1:2"  # answered by the replica with room
+    assert _waits(log) == []  # no backing off while another replica is up
+
+
+def test_attempts_raises_server_busy_after_backing_off_when_every_replica_stays_overloaded() -> None:
+    settings, clock = _settings(retry_timeout=5.0), Clock()
+    attempts = Attempts(settings, "infer", "aigi", settings.replicas)
+    start = clock.now
+    with pytest.raises(ServerBusyError, match="stayed busy"):
+        _drive(attempts, clock, lambda address, now: QUEUE_FULL)
+    assert 5.0 <= clock.now - start <= 5.0 + MAX_BACKOFF_S + 0.1  # backed off for the retry time, then gave up
+    assert classify(InferenceServerException("Request timeout expired", status="StatusCode.UNAVAILABLE")) == "busy"

@@ -70,5 +70,10 @@ class RequestTimeoutError(ClientError, TimeoutError):
     """The server took the request but did not answer before the deadline; not retried (a retry adds load)."""
 
 
+class ServerBusyError(ClientError):
+    """The server kept refusing requests because its queue was full (or a queued request timed out) until the retry
+    time ran out: it is overloaded, not down. Back off, or add replicas."""
+
+
 class RequestRejectedError(ClientError):
     """The server refused or failed one inference request (for example an undecodable image)."""
