@@ -161,6 +161,29 @@ def _triton_section(cells: Sequence[BenchCell]) -> list[str]:
     return ["", "## Triton's view (Prometheus counters, per client request)", "", *_table(headers, rows)]
 
 
+def _steps_section(cells: Sequence[BenchCell]) -> list[str]:
+    """Each model's queue and compute time per request, for cells that went through an ensemble (several models)."""
+    rows = [
+        [
+            cell.runtime,
+            str(cell.batch),
+            str(cell.concurrency),
+            model,
+            _num(split.get("queue_ms"), 2),
+            _num(split.get("compute_ms"), 2),
+            _num(split.get("avg_batch"), 1),
+        ]
+        for cell in cells
+        if cell.triton is not None and len(cell.triton.per_model) > 1
+        for model, split in sorted(cell.triton.per_model.items())
+    ]
+    if not rows:
+        return []
+    headers = ["runtime", "batch", "conc", "model (ensemble step)", "queue ms", "compute ms", "server batch"]
+    note = "Per request of each model, from its own counters: the ensemble's total, then its steps."
+    return ["", "## Ensemble steps (where the server's time goes)", "", note, "", *_table(headers, rows)]
+
+
 def _agreement_section(agreement: dict[str, dict]) -> list[str]:
     """Agreement of every runtime with PyTorch eager FP32, and on which images, weights and architecture."""
     if not agreement:
@@ -287,6 +310,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = _setup_lines(results)
     lines += _results_section(cells, agreement, on_gpu=bool(results["environment"].get("gpu")))
     lines += _triton_section(cells)
+    lines += _steps_section(cells)
     lines += _agreement_section(agreement)
     lines += _perf_analyzer_section(results.get("perf_analyzer"))
     lines += _targets_section(results)
@@ -327,14 +351,22 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path
     return paths
 
 
-def rerender(bench_json: str | Path, markdown: str | Path | None = None) -> Path:
+def rerender(bench_json: str | Path, markdown: str | Path | None = None, retarget: bool = False) -> Path:
     """Write ``BENCH.md`` again from an existing ``bench.json`` (next to it unless ``markdown`` names a file).
 
-    Only the Markdown is rendered: ``bench.json`` and the plots are left as they are.
+    Only the Markdown is rendered: ``bench.json`` and the plots are left as they are, unless ``retarget`` asks to
+    judge the run's cells against today's targets (:data:`aigi.benchmarks.targets.TARGETS`), which then are
+    written into ``bench.json`` too.
     """
+    from aigi.benchmarks.targets import evaluate_targets
+
     source = Path(bench_json)
     target = Path(markdown) if markdown is not None else source.with_name(MARKDOWN_NAME)
-    target.write_text(render_markdown(from_json(json.loads(source.read_text()))))
+    results = from_json(json.loads(source.read_text()))
+    if retarget:
+        results["targets"] = evaluate_targets(results["cells"], results.get("agreement", {}))
+        source.write_text(json.dumps(to_json(results), indent=2) + "\n")
+    target.write_text(render_markdown(results))
     return target
 
 
@@ -348,8 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--from", dest="source", type=Path, required=True, help="the run's bench.json")
     parser.add_argument("--out", type=Path, help=f"Markdown file to write (default: {MARKDOWN_NAME} beside it)")
+    parser.add_argument(
+        "--retarget", action="store_true", help="judge the cells against today's targets (rewrites bench.json's)"
+    )
     args = parser.parse_args(argv)
-    print(f"wrote {rerender(args.source, args.out)}")
+    print(f"wrote {rerender(args.source, args.out, args.retarget)}")
     return 0
 
 

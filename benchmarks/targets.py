@@ -4,6 +4,8 @@
    images/s of in-process PyTorch eager FP32 at batch 8, with decision agreement of at least 99%.
 2. Triton's tensor path with the FP32 network keeps at least 85% of the images/s of in-process ONNX Runtime
    FP32 at the same batch size (batch 8, one client stream: the same work, one request at a time).
+3. The bytes path (encoded images, preprocessed in the server) keeps at least 90% of the tensor path's images/s
+   with the INT8 network at batch 8, one client stream: what services send costs little more than raw tensors.
 
 Where both a plain and a shared-memory variant of a Triton runtime ran, the faster one is judged and named.
 """
@@ -50,6 +52,15 @@ TARGETS: tuple[Target, ...] = (
         batch=8,
         concurrency=1,
         min_ratio=0.85,
+    ),
+    Target(
+        "triton_bytes_vs_tensor_int8",
+        "Triton INT8 bytes path (encoded images, server-side preprocessing) vs its tensor path, batch 8, one stream",
+        ("triton-bytes-grpc-int8",),
+        "triton-tensor-grpc-int8",
+        batch=8,
+        concurrency=1,
+        min_ratio=0.90,
     ),
 )
 

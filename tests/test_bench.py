@@ -255,7 +255,7 @@ def test_fp32_target_judges_one_stream_against_ort_and_ignores_failed_cells() ->
         _ok_cell("triton-tensor-grpc-shm-fp32", 8, 1, 40.0, status="error"),  # failed: never judged
         _ok_cell("triton-tensor-grpc-shm-fp32", 8, 2, 40.0),  # two streams: not this target's cell
     ]
-    int8, fp32 = evaluate_targets(cells, {})
+    int8, fp32, _bytes = evaluate_targets(cells, {})
     assert fp32["met"] is True and fp32["runtime"] == "triton-tensor-grpc-fp32"
     assert fp32["ratio"] == pytest.approx(0.85)
     cells[1] = _ok_cell("triton-tensor-grpc-fp32", 8, 1, 16.9)
@@ -264,6 +264,29 @@ def test_fp32_target_judges_one_stream_against_ort_and_ignores_failed_cells() ->
     cells.append(_ok_cell("torch-eager-fp32", 8, 1, 10.0))
     missing = evaluate_targets(cells, {})[0]
     assert missing["met"] is None and "triton-tensor-grpc-int8 or triton-tensor-grpc-shm-int8" in missing["reason"]
+
+
+@pytest.mark.parametrize(("bytes_ips", "met"), [(90.0, True), (89.9, False)])
+def test_bytes_path_target_needs_ninety_percent_of_the_tensor_path_when_both_ran_one_stream(
+    bytes_ips: float, met: bool
+) -> None:
+    cells = [
+        _ok_cell("triton-tensor-grpc-int8", 8, 1, 100.0),
+        _ok_cell("triton-bytes-grpc-int8", 8, 1, bytes_ips),
+        _ok_cell("triton-bytes-grpc-int8", 8, 2, 500.0),  # two streams: not this target's cell
+    ]
+    verdict = evaluate_targets(cells, {})[2]
+    assert verdict["key"] == "triton_bytes_vs_tensor_int8" and verdict["runtime"] == "triton-bytes-grpc-int8"
+    assert verdict["ratio"] == pytest.approx(bytes_ips / 100.0) and verdict["met"] is met
+
+
+def test_bench_md_shows_each_ensemble_step_when_a_cell_went_through_the_ensemble() -> None:
+    run = COMMITTED_RUN.parent / "2026-11-30_cpu-2core_bytes_path"
+    text = (run / "BENCH.md").read_text()
+    assert "## Ensemble steps" in text
+    for model in ("aigi_int8_preprocess", "aigi_int8_cpu"):
+        assert f"| triton-bytes-grpc-int8 | 8 | 1 | {model} |" in text
+    assert text == report.render_markdown(report.from_json(json.loads((run / "bench.json").read_text())))
 
 
 # -- cells and reports --------------------------------------------------------------------------------------------
@@ -473,7 +496,7 @@ def test_bench_writes_json_markdown_and_plots_when_run_quick_on_tiny_with_torch_
     env = results["environment"]
     assert env["cpu"] and env["cpu_cores_logical"] >= 1 and "torch" in env["libraries"]
     assert results["model"]["gflops_source"] == "analytic" and results["model"]["gflops"] > 0
-    assert [t["met"] for t in results["targets"]] == [None, None]
+    assert [t["met"] for t in results["targets"]] == [None, None, None]
 
     markdown = (out / "BENCH.md").read_text()
     for heading in ("## Results", "## Agreement with PyTorch eager FP32", "## Targets", "## Skipped or failed"):
@@ -589,7 +612,7 @@ def test_bench_splits_triton_latency_and_agrees_when_serving_the_exported_repo(
     assert "## Triton's view" in markdown and "network+marshal ms" in markdown
 
     # the verdicts follow from these cells: FP32 Triton (the faster variant, one stream) over ORT at batch 8
-    int8_target, fp32_target = results["targets"]
+    int8_target, fp32_target, _bytes_target = results["targets"]
     served = {
         name: cells[(name, 8, 1)]["images_per_s"] for name in ("triton-tensor-grpc-fp32", "triton-tensor-grpc-shm-fp32")
     }
