@@ -1,6 +1,6 @@
 """``aigi demo``: the whole product on one CPU machine, end to end, in one command.
 
-Offline benchmark -> train ``tiny`` (source task) -> evaluate with robustness -> export a CPU
+Offline benchmark -> train ``tiny`` (source task) -> evaluate with robustness (and explain) -> export a CPU
 Triton repository -> start Triton -> classify held-out images through the client -> a short
 benchmark -> stop the server -> ``REPORT.md``. Each step runs the same code the CLI runs, shows
 its progress, and a failing step stops the demo with one clear line.
@@ -54,6 +54,10 @@ class DemoConfig:
     @property
     def eval_dir(self) -> Path:
         return self.out / "eval"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.out / "explain"
 
     @property
     def repo(self) -> Path:
@@ -184,6 +188,17 @@ def _section(path: Path, prefix: str, missing: str) -> str:
     return _relink(path.read_text(), prefix) if path.is_file() else f"_{missing}_\n"
 
 
+def _explanations(config: DemoConfig) -> str:
+    grid = config.explain_dir / "explanations_grid.png"
+    if not grid.is_file():
+        return "_explanations did not run_\n"
+    return (
+        "Per test image, each patch's share of the fake logit margin (red: toward fake, blue: toward real); one image "
+        "per class, then misclassified ones (red titles). Scores per patch: `explain/explanations.json`.\n\n"
+        "![explanations](explain/explanations_grid.png)\n"
+    )
+
+
 def write_report(config: DemoConfig, predictions: dict[str, Any] | None) -> Path:
     """Write ``REPORT.md`` from the step outputs (whatever exists), and return its path."""
     lines = [
@@ -202,6 +217,9 @@ def write_report(config: DemoConfig, predictions: dict[str, Any] | None) -> Path
         "## Evaluation (held-out test split)",
         "",
         _section(config.eval_dir / "REPORT.md", "eval", "evaluation did not run"),
+        "## Where the model sees generator traces (`aigi explain`)",
+        "",
+        _explanations(config),
         "## Sample predictions through Triton (gRPC, server-side preprocessing)",
         "",
     ]
@@ -230,6 +248,18 @@ def write_report(config: DemoConfig, predictions: dict[str, Any] | None) -> Path
     return report
 
 
+def _evaluate_and_explain(config: DemoConfig) -> None:
+    """``aigi eval`` with robustness, then ``aigi explain`` on a few test images for the report's heatmap grid."""
+    _cli([
+        "eval", "--checkpoint", str(config.run), "--data", str(config.data), "--out", str(config.eval_dir),
+        "--robustness",
+    ])  # fmt: skip
+    _cli([
+        "explain", "--checkpoint", str(config.run), "--data", str(config.data), "--split", "test",
+        "--per-class", "1", "--out", str(config.explain_dir),
+    ])  # fmt: skip
+
+
 def run_demo(config: DemoConfig) -> Path:
     """Run every step; a failing step raises :class:`DemoStepError` after writing what exists."""
     config.out.mkdir(parents=True, exist_ok=True)
@@ -247,10 +277,7 @@ def run_demo(config: DemoConfig) -> Path:
             "train", "--data", str(config.data), "--model", "tiny", "--task", "source",
             "--epochs", str(config.epochs), "--seed", str(config.seed), "--out", str(config.run),
         ]))  # fmt: skip
-        _step(config, 3, total, "evaluate with robustness", lambda: _cli([
-            "eval", "--checkpoint", str(config.run), "--data", str(config.data), "--out", str(config.eval_dir),
-            "--robustness",
-        ]))  # fmt: skip
+        _step(config, 3, total, "evaluate with robustness", lambda: _evaluate_and_explain(config))
         _step(config, 4, total, "export a CPU Triton repository (INT8)", lambda: _cli([
             "export", "--checkpoint", str(config.run), "--repo", str(config.repo), "--backend", "cpu",
             "--precision", "int8", "--parity-data", str(config.data / "test"),

@@ -1,5 +1,9 @@
 """Export a detector to ONNX: ``pixel_values`` [B,3,H,W] -> ``logits``, ``probs`` [B,C] and ``p_fake`` [B,1].
 
+``probs`` and ``p_fake`` are calibrated inside the graph: the logits are divided by the checkpoint's temperature
+(``aigi.json``'s ``calibration.temperature``, carried by the loaded detector) before the softmax, so every runtime
+built from this graph (ONNX Runtime, Triton, TensorRT) serves the probabilities the stored threshold was set on.
+
 The TorchScript-based exporter (``dynamo=False``) is tried first: it is fast, robust for the CLIP tower and, at
 opset 17 or newer, keeps every LayerNorm as one ``LayerNormalization`` node (which TensorRT and the FP16 pass
 need to see whole). The ``torch.export``-based exporter is the fallback.
@@ -22,7 +26,9 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 17
 
 
-def export_onnx(detector, path: str | Path, image_size: int, opset: int = DEFAULT_OPSET) -> dict:
+def export_onnx(
+    detector, path: str | Path, image_size: int, opset: int = DEFAULT_OPSET, temperature: float | None = None
+) -> dict:
     """Write ``detector`` (a :class:`aigi.training.model.Detector`) as an FP32 ONNX graph with a dynamic batch axis.
 
     Args:
@@ -30,9 +36,11 @@ def export_onnx(detector, path: str | Path, image_size: int, opset: int = DEFAUL
         path: the ``.onnx`` file to write.
         image_size: side of the square input.
         opset: ONNX opset, at least 17 (LayerNormalization).
+        temperature: the softmax temperature baked into ``probs`` and ``p_fake``; ``None`` takes the detector's
+            own (``load_checkpoint`` sets it from ``aigi.json``; 1.0 for a fresh network).
 
     Returns:
-        A small summary: ``exporter`` used, ``opset``, node counts by op type.
+        A small summary: ``exporter`` used, ``opset``, ``temperature``, node counts by op type.
 
     Raises:
         ExportError: both exporters failed, or the graph lacks the contract's tensors.
@@ -45,7 +53,7 @@ def export_onnx(detector, path: str | Path, image_size: int, opset: int = DEFAUL
         raise ExportError(f"opset {opset} is too old: LayerNorm needs opset {MIN_OPSET}+ to stay one node")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = ExportableDetector(detector).eval().cpu()
+    model = ExportableDetector(detector, temperature).eval().cpu()
     example = torch.randn(2, 3, image_size, image_size)
     dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     errors: list[str] = []
@@ -76,7 +84,7 @@ def export_onnx(detector, path: str | Path, image_size: int, opset: int = DEFAUL
     if not exporter:
         raise ExportError("ONNX export failed with both exporters: " + " | ".join(errors))
     summary = check_graph(path)
-    summary.update({"exporter": exporter, "opset": opset})
+    summary.update({"exporter": exporter, "opset": opset, "temperature": model.temperature})
     return summary
 
 

@@ -136,13 +136,16 @@ def sample_images(root: str | Path, spec: PreprocessSpec, limit: int = 8) -> Ima
     return ImageSample(np.stack(arrays) if arrays else empty, len(paths), used, corrupt)
 
 
-def torch_outputs(detector, pixel_values: np.ndarray) -> Outputs:
-    """FP32 PyTorch outputs (the reference) for one batch."""
+def torch_outputs(detector, pixel_values: np.ndarray, temperature: float | None = None) -> Outputs:
+    """FP32 PyTorch outputs (the reference) for one batch, calibrated like the graph.
+
+    ``temperature`` defaults to the detector's own (from ``aigi.json``), as :func:`export_onnx` does.
+    """
     import torch
 
     from aigi.training.model import ExportableDetector
 
-    model = ExportableDetector(detector).eval()
+    model = ExportableDetector(detector, temperature).eval()
     with torch.no_grad():
         tensors = model(torch.from_numpy(np.ascontiguousarray(pixel_values)))
     return {name: tensor.float().cpu().numpy() for name, tensor in zip(OUTPUTS, tensors, strict=True)}

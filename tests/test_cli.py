@@ -8,7 +8,7 @@ import aigi.cli
 from aigi.cli import build_parser, main
 
 STAGE_COMMANDS = {
-    *("data", "train", "eval", "export", "repo", "serve", "health", "trace", "predict"),
+    *("data", "train", "eval", "explain", "export", "repo", "serve", "health", "trace", "predict"),
     *("bench", "fault-check", "update-check", "demo"),
 }
 

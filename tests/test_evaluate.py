@@ -102,7 +102,7 @@ def test_eval_predictions_match_the_shared_preprocessing_when_recomputed(evaluat
     detector, meta = load_checkpoint(run)
     with torch.inference_mode():
         pixels = torch.from_numpy(preprocess(decode_image(rows[0]["path"]), meta.preprocessing))[None]
-        probs = torch.softmax(detector(pixels), dim=-1).numpy()
+        probs = torch.softmax(detector(pixels) / meta.temperature, dim=-1).numpy()  # the served, calibrated probs
     assert float(p_fake(probs)[0]) == pytest.approx(rows[0]["p_fake"], abs=1e-5)
     assert all(row["is_fake"] == (row["p_fake"] >= report["threshold"]) for row in rows)
 

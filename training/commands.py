@@ -1,4 +1,4 @@
-"""``aigi data synth``, ``aigi train`` and ``aigi eval``: argument parsing only; torch is imported in the handlers."""
+"""``aigi data synth``, ``train``, ``eval``, ``explain``: argument parsing only; torch is imported in the handlers."""
 
 from __future__ import annotations
 
@@ -103,6 +103,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from aigi.training.explain import explain
+
+    if not args.images and args.data is None:
+        print("aigi explain: error: give at least one IMAGE, or --data with a dataset folder", file=sys.stderr)
+        return 2
+    document = explain(
+        args.checkpoint,
+        args.images,
+        args.out,
+        data=args.data,
+        split=args.split,
+        per_class=args.per_class,
+        method=args.method,
+        batch_size=args.batch_size,
+        device=args.device,
+        allow_outside_root=args.allow_outside_root,
+    )
+    side = "x".join(str(n) for n in document["grid"])
+    print(
+        f"explained {len(document['images'])} images ({document['method']}, {side} patches); "
+        f"wrote {args.out}/explanations.json and {document['grid_png']}"
+    )
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -195,6 +221,27 @@ def _add_eval(subparsers) -> None:
     parser.set_defaults(handler=_eval)
 
 
+def _add_explain(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="heatmaps of where a run directory's detector sees generator traces",
+        description="Per image, a per-patch map of the fake logit margin over the crop the model sees "
+        "(<name>_heatmap.png), explanations.json and a grid PNG. Mean-pooled models (tiny): exact per-patch "
+        "logits; CLS-pooled CLIP: gradient x input per patch.",
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to explain")
+    parser.add_argument("--checkpoint", required=True, help="run directory from 'aigi train'")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--data", default=None, help="dataset folder: add labelled images (and misclassified ones)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="split of --data")
+    parser.add_argument("--per-class", type=_positive_int, default=2, help="images per class from --data")
+    parser.add_argument("--method", choices=("auto", "patch-logits", "gradient"), default="auto")
+    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    _add_allow_outside_root(parser)
+    parser.set_defaults(handler=_explain)
+
+
 def _add_allow_outside_root(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-outside-root",
@@ -205,9 +252,10 @@ def _add_allow_outside_root(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data synth``, ``train`` and ``eval`` to the ``aigi`` parser."""
+    """Add ``data synth``, ``train``, ``eval`` and ``explain`` to the ``aigi`` parser."""
     data = subparsers.add_parser("data", help="datasets: build the offline benchmark")
     data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
     _add_synth(data_sub)
     _add_train(subparsers)
     _add_eval(subparsers)
+    _add_explain(subparsers)

@@ -1,9 +1,13 @@
-"""Evaluation of a run directory: calibrate the threshold on val, score the test split, stress it.
+"""Evaluation of a run directory: calibrate on val, score the test split, stress it.
 
-The decision is ``is_fake = p_fake >= threshold`` with ``p_fake = 1 - p(real)``. The threshold is the
-smallest one whose false-positive rate on the val split's real images stays at or under a target, and is
-written back into the checkpoint's ``aigi.json`` with its calibration. Robustness runs repeat the test under
-JPEG, blur and downscaling applied to decoded images before the shared preprocessing.
+Calibration happens here, on the val split training held out, in two steps from the same val logits: first the
+softmax temperature ``T`` (:mod:`aigi.training.calibration`, minimum NLL), then the threshold on the calibrated
+``p_fake``. The decision is ``is_fake = p_fake >= threshold`` with ``p_fake = 1 - p(real)`` and
+``p = softmax(logits / T)``, exactly what the exported graph serves. The threshold is the smallest one whose
+false-positive rate on the val split's real images stays at or under a target; both are written back into the
+checkpoint's ``aigi.json`` (``threshold``, ``calibration.temperature``), so the stored pair always matches. The
+test split reports the expected calibration error before (``T = 1``) and after. Robustness runs repeat the test
+under JPEG, blur and downscaling applied to decoded images before the shared preprocessing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ from aigi.checkpoint import CheckpointMeta, save_meta
 from aigi.errors import DatasetError, SettingsError
 from aigi.labels import REAL, p_fake, target_index
 from aigi.training.augment import downscale, gaussian_blur, jpeg_compress
+from aigi.training.calibration import (
+    ECE_BINS,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    binary_nll,
+    expected_calibration_error,
+    fit_binary_temperature,
+    softmax,
+)
 from aigi.training.metrics import (
     average_precision,
     confusion_matrix,
@@ -72,12 +85,6 @@ def predict_logits(
     return torch.cat(outputs).numpy(), torch.cat(targets).numpy().astype(np.int64)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _true_indices(samples: list, labels: list[str]) -> np.ndarray:
     """Model label index per sample; -1 for a generator the model was not trained to name."""
     indices = []
@@ -95,14 +102,56 @@ class _Scorer:
     def __init__(self, detector, spec, device, batch_size: int, workers: int, progress: bool) -> None:
         self.detector, self.spec, self.device = detector, spec, device
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        self.temperature = 1.0  # set once fitted on val; probs() then gives the served, calibrated probabilities
 
-    def probs(self, images: list[np.ndarray], desc: str, transform=None) -> np.ndarray:
+    def logits(self, images: list[np.ndarray], desc: str, transform=None) -> np.ndarray:
         from aigi.training.data import ImageDataset, ShardSampler, make_loader
 
         dataset = ImageDataset(images, [0] * len(images), self.spec, transform=transform)
         loader = make_loader(dataset, ShardSampler(len(dataset)), self.batch_size, self.workers)
         logits, _ = predict_logits(self.detector, loader, self.device, progress=self.progress, desc=desc)
-        return _softmax(logits)
+        return logits
+
+    def probs(self, images: list[np.ndarray], desc: str, transform=None) -> np.ndarray:
+        return softmax(self.logits(images, desc, transform), self.temperature)
+
+
+def fit_calibration(
+    val_logits: np.ndarray, val_kept: list, labels: list[str], target_fpr: float
+) -> tuple[float, dict[str, Any]]:
+    """Temperature, then threshold, from the val split's raw logits (see the module docstring).
+
+    The temperature minimizes the real/fake NLL of ``p_fake`` (:func:`fit_binary_temperature`), the quantity the
+    threshold and the served decision use.
+
+    Returns:
+        The threshold on the calibrated ``p_fake`` and the calibration record for ``aigi.json`` (its
+        ``temperature`` is 1.0 when val has no image).
+    """
+    is_fake = np.asarray([s.label != REAL for s in val_kept], dtype=bool)
+    temperature = fit_binary_temperature(val_logits, is_fake)
+    val_probs = softmax(val_logits, temperature) if len(val_logits) else np.zeros((0, len(labels)), np.float32)
+    threshold, calibration = calibrate(val_probs, ~is_fake, target_fpr)
+    calibration["temperature"] = temperature
+    calibration["temperature_method"] = "val_binary_nll" if len(val_logits) else "none"
+    if len(val_logits):
+        calibration["val_binary_nll_before"] = binary_nll(val_logits, is_fake)
+        calibration["val_binary_nll_after"] = binary_nll(val_logits, is_fake, temperature)
+        if not MIN_TEMPERATURE * 1.01 < temperature < MAX_TEMPERATURE / 1.01:
+            logger.warning(
+                "the fitted temperature %.3g is at its bound: val is too small or too cleanly separated to "
+                "calibrate on",
+                temperature,
+            )
+    return threshold, calibration
+
+
+def calibration_error(test_logits: np.ndarray, samples: list, temperature: float) -> dict[str, Any]:
+    """Expected calibration error of the binary decision on test, at ``T = 1`` and at the fitted ``T``."""
+    is_fake = np.asarray([s.label != REAL for s in samples], dtype=bool)
+    before = expected_calibration_error(p_fake(softmax(test_logits)), is_fake)
+    after = expected_calibration_error(p_fake(softmax(test_logits, temperature)), is_fake)
+    return {"bins": ECE_BINS, "temperature": temperature, "test_ece_before": before, "test_ece_after": after}
 
 
 def calibrate(val_probs: np.ndarray, val_is_real: np.ndarray, target_fpr: float) -> tuple[float, dict[str, Any]]:
@@ -160,6 +209,7 @@ def score_split(
         matrix = confusion_matrix(true_idx, decided.astype(np.int64), len(labels))
     fpr, tpr, _ = roc_curve(is_fake, scores)
     plots = {"confusion": matrix, "roc": (fpr, tpr), "predicted": predicted, "p_fake": scores, "decided": decided}
+    plots["is_fake"] = is_fake
     metrics["confusion_matrix"] = {"labels": list(labels), "rows_true_cols_predicted": matrix.tolist()}
     return metrics, plots
 
@@ -220,12 +270,14 @@ def evaluate(
         raise DatasetError(f"{data}: no decodable test images to evaluate on")
     scorer = _Scorer(detector, meta.preprocessing, torch_device, batch_size, workers, progress)
 
-    val_probs = scorer.probs(val_images, "val") if val_images else np.zeros((0, meta.num_labels), np.float32)
-    val_is_real = np.asarray([s.label == REAL for s in val_kept], dtype=bool)
-    threshold, calibration = calibrate(val_probs, val_is_real, target_fpr)
+    val_logits = scorer.logits(val_images, "val") if val_images else np.zeros((0, meta.num_labels), np.float32)
+    threshold, calibration = fit_calibration(val_logits, val_kept, meta.labels, target_fpr)
+    scorer.temperature = calibration["temperature"]
 
-    test_probs = scorer.probs(test_images, "test")
+    test_logits = scorer.logits(test_images, "test")
+    test_probs = softmax(test_logits, scorer.temperature)
     test_metrics, plots = score_split(test_probs, test_kept, meta.labels, meta.task, threshold)
+    plots["uncalibrated_p_fake"] = p_fake(softmax(test_logits))
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -233,6 +285,7 @@ def evaluate(
         "labels": list(meta.labels),
         "threshold": threshold,
         "calibration": calibration,
+        "calibration_error": calibration_error(test_logits, test_kept, scorer.temperature),
         "test": test_metrics,
         "skipped_files": len(val_skipped) + len(test_skipped) + len(getattr(index, "skipped", []) or []),
         "skipped": [[str(p), str(r)] for p, r in (val_skipped + test_skipped)[:50]],
@@ -254,7 +307,11 @@ def evaluate(
 def _store_calibration(
     checkpoint: str | Path, meta: CheckpointMeta, threshold: float, calibration: dict[str, Any], test: dict[str, Any]
 ) -> None:
-    """Write the calibrated threshold, its calibration record and the headline test metrics into ``aigi.json``."""
+    """Write the threshold, its calibration record (temperature included) and headline test metrics into ``aigi.json``.
+
+    Threshold and temperature come from the same val logits and are saved together, so the served ``p_fake`` (the
+    graph divides the logits by this temperature) is the one the threshold was set on.
+    """
     meta.threshold = threshold
     meta.calibration = calibration
     meta.metrics = {**meta.metrics, "test": {k: test[k] for k in HEADLINE_KEYS if k in test}}

@@ -68,7 +68,15 @@ class ResidualPatchEmbedding(nn.Module):
 
 
 class Detector(nn.Module):
-    """CLIP vision tower + linear head; ``forward`` returns logits ``[B, C]``."""
+    """CLIP vision tower + linear head; ``forward`` returns logits ``[B, C]``.
+
+    ``temperature`` is the calibration ``T`` from ``aigi.json`` (set by :func:`load_checkpoint`, 1.0 for a new
+    network). ``forward`` ignores it (training and evaluation see raw logits); :class:`ExportableDetector`, the
+    served graph, divides the logits by it before the softmax. It is not a weight: ``model.safetensors`` never
+    holds it.
+    """
+
+    temperature: float
 
     def __init__(
         self,
@@ -92,6 +100,7 @@ class Detector(nn.Module):
         self.head = nn.Linear(vision.config.hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        self.temperature = 1.0
 
     @property
     def image_size(self) -> int:
@@ -111,15 +120,24 @@ class Detector(nn.Module):
 
 
 class ExportableDetector(nn.Module):
-    """Wraps a :class:`Detector` to return ``(logits, probs, p_fake)``, the network model's outputs on Triton."""
+    """Wraps a :class:`Detector` to return ``(logits, probs, p_fake)``, the network model's outputs on Triton.
 
-    def __init__(self, detector: Detector) -> None:
+    ``logits`` are the network's raw logits; ``probs = softmax(logits / T)`` and ``p_fake = 1 - probs[:, 0]`` are
+    calibrated with the temperature ``T`` (``temperature``, else the detector's own, from ``aigi.json``). With
+    ``T = 1`` the graph has no division, exactly as before calibration existed.
+    """
+
+    def __init__(self, detector: Detector, temperature: float | None = None) -> None:
         super().__init__()
         self.detector = detector
+        self.temperature = float(getattr(detector, "temperature", 1.0) if temperature is None else temperature)
+        if not self.temperature > 0:
+            raise SettingsError(f"temperature must be > 0, got {self.temperature}")
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.detector(pixel_values)
-        probs = torch.softmax(logits.float(), dim=-1)
+        scaled = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
+        probs = torch.softmax(scaled, dim=-1)
         return logits, probs, 1.0 - probs[:, :1]
 
 
@@ -280,4 +298,5 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
         detector.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: weights do not match aigi.json: {str(exc).splitlines()[0]}") from exc
+    detector.temperature = meta.temperature
     return detector.to(device).eval(), meta

@@ -1,4 +1,5 @@
-"""The human half of an evaluation: ``REPORT.md`` tables and PNG plots (confusion matrix, ROC, robustness)."""
+"""The human half of an evaluation: ``REPORT.md`` tables and PNG plots (confusion matrix, ROC, reliability,
+robustness)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ MARKDOWN_FILENAME = "REPORT.md"
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curve.png"
 ROBUSTNESS_PNG = "robustness.png"
+RELIABILITY_PNG = "reliability.png"
 
 
 def _pct(value: float | None) -> str:
@@ -39,6 +41,8 @@ def markdown(report: dict[str, Any]) -> str:
     test = report["test"]
     lines = _overview(report)
     lines += ["## Test split", ""] + _table(["metric", "value"], _metric_rows(test))
+    if "calibration_error" in report:
+        lines += _calibration_error_lines(report["calibration_error"])
     lines += ["## Per class", ""] + _per_class_table(test["per_class"])
     lines += ["## Confusion matrix (rows: true, columns: predicted)", ""] + _confusion_table(test["confusion_matrix"])
     if "robustness" in report:
@@ -69,6 +73,15 @@ def _overview(report: dict[str, Any]) -> list[str]:
         f"- skipped (undecodable) files: {report['skipped_files']}",
         "",
     ]
+
+
+def _calibration_error_lines(ece: dict[str, Any]) -> list[str]:
+    header = f"## Probability calibration (test, ECE over {ece['bins']} equal-width bins of p_fake)"
+    rows = [
+        ["uncalibrated (T = 1)", _num(ece["test_ece_before"])],
+        [f"temperature-scaled (T = {ece['temperature']:.4g}, fitted on val)", _num(ece["test_ece_after"])],
+    ]
+    return [header, ""] + _table(["probabilities", "ECE"], rows)
 
 
 def _metric_rows(test: dict[str, Any]) -> list[list[str]]:
@@ -177,6 +190,14 @@ def _plot_robustness(table: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_reliability(plots: dict[str, Any], temperature: float, path: Path) -> None:
+    from aigi.training.calibration import plot_reliability, reliability
+
+    curves = {"uncalibrated": reliability(plots["uncalibrated_p_fake"], plots["is_fake"])}
+    curves[f"served, T = {temperature:.4g}"] = reliability(plots["p_fake"], plots["is_fake"])
+    plot_reliability(curves, path)
+
+
 def write_report(report: dict[str, Any], plots: dict[str, Any], out: str | Path) -> dict[str, str]:
     """Write ``REPORT.md`` and the PNGs into ``out``; returns ``{name: file name}`` (also stored in the report)."""
     import matplotlib
@@ -189,6 +210,9 @@ def write_report(report: dict[str, Any], plots: dict[str, Any], out: str | Path)
     fpr, tpr = plots["roc"]
     target = report["calibration"].get("target_fpr")
     _plot_roc(fpr, tpr, report["test"]["roc_auc"], target, out / ROC_PNG)
+    if "calibration_error" in report and "uncalibrated_p_fake" in plots:
+        _plot_reliability(plots, report["calibration_error"]["temperature"], out / RELIABILITY_PNG)
+        files["reliability"] = RELIABILITY_PNG
     if "robustness" in report:
         _plot_robustness(report["robustness"], out / ROBUSTNESS_PNG)
         files["robustness"] = ROBUSTNESS_PNG

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import tempfile
 import types
@@ -26,6 +27,18 @@ META_FILENAME = "aigi.json"
 WEIGHTS_FILENAME = "model.safetensors"
 METRICS_FILENAME = "metrics.json"
 FORMAT_VERSION = 1
+TEMPERATURE_KEY = "temperature"
+
+
+def _check_temperature(value: Any) -> float:
+    """``value`` as a temperature: a finite number above zero.
+
+    Raises:
+        CheckpointError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"calibration temperature must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -195,6 +208,10 @@ class CheckpointMeta:
 
     ``training`` is a :class:`TrainingSummary`; a plain dict given for it (at construction or assigned later) is
     parsed with :meth:`TrainingSummary.from_dict`, so code that writes summaries as dicts keeps working.
+
+    ``calibration`` is the record ``aigi eval`` writes: how ``threshold`` was chosen and the softmax
+    :attr:`temperature` (``calibration["temperature"]``; absent means 1, an uncalibrated model). The served
+    ``probs`` and ``p_fake`` are ``softmax(logits / temperature)`` and ``threshold`` applies to that ``p_fake``.
     """
 
     architecture: ArchitectureMeta
@@ -216,6 +233,16 @@ class CheckpointMeta:
         self.labels = validate_labels(self.labels)
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise CheckpointError(f"threshold must lie in [0, 1], got {self.threshold}")
+        _check_temperature(self.calibration.get(TEMPERATURE_KEY, 1.0))
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature ``T`` the served probabilities divide the logits by (1.0 when not calibrated)."""
+        return _check_temperature(self.calibration.get(TEMPERATURE_KEY, 1.0))
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.calibration = {**self.calibration, TEMPERATURE_KEY: _check_temperature(value)}
 
     @property
     def num_labels(self) -> int:
