@@ -1,9 +1,11 @@
 """Training augmentation and robustness perturbations, on decoded uint8 arrays before the shared preprocessing.
 
 Crop origins are random but multiples of the spec's grid, so the phase of a generator's upsampling grid
-inside the crop is the one the served center crop sees. Flips, JPEG re-compression and blur are applied
-to the grid-aligned crop itself, so the JPEG block grid lines up with it and a flip never shifts the phase
-(flipping a whole image of odd width would). JPEG and blur probabilities default to 0, as in CNNDetection.
+inside the crop is the one the served center crop sees. Flips, rescaling, blur and JPEG re-compression are
+applied to the grid-aligned crop itself, so the JPEG block grid lines up with it and a flip never shifts the
+phase (flipping a whole image of odd width would). The degradations (rescale, blur, JPEG, in the order an
+image meets them on its way to a user) default to off here; :class:`aigi.training.train.TrainConfig` turns
+them on for the default recipe.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from aigi.errors import SettingsError
 from aigi.preprocessing import PreprocessSpec, fit_and_crop, fitted_size
 
 logger = logging.getLogger(__name__)
+
+# The default recipe (TrainConfig, ``aigi train``) degrades training crops the way images are degraded on
+# their way to a user; probabilities, chosen from the measurements in README.md ("Robust by default").
+DEFAULT_AUG_JPEG = 0.3
+DEFAULT_AUG_BLUR = 0.3
+DEFAULT_AUG_RESIZE = 0.3
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,9 @@ class AugmentConfig:
         jpeg_quality: inclusive quality range.
         blur_prob: probability of a Gaussian blur with sigma drawn from ``blur_sigma``.
         blur_sigma: sigma range in pixels.
+        resize_prob: probability of rescaling by a factor drawn uniformly from ``resize_scale`` and back to
+            the crop's size (bicubic both ways), as a downscaled image that the preprocessing upscales again.
+        resize_scale: factor range (below 1: information is lost, as when a platform shrinks an upload).
     """
 
     flip: bool = False
@@ -45,12 +56,16 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (30, 100)
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.0, 3.0)
+    resize_prob: float = 0.0
+    resize_scale: tuple[float, float] = (0.4, 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("contrast_prob", "jpeg_prob", "blur_prob"):
+        for name in ("contrast_prob", "jpeg_prob", "blur_prob", "resize_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise SettingsError(f"{name} must lie in [0, 1], got {value}")
+        if not 0.0 < self.resize_scale[0] <= self.resize_scale[1]:
+            raise SettingsError(f"resize_scale must be a range of positive factors, got {self.resize_scale}")
 
 
 def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
@@ -83,6 +98,20 @@ def downscale(image: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
+def rescale(image: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by ``factor`` (bicubic) and back to the original size: the detail a resize loses, same shape out."""
+    height, width = image.shape[:2]
+    if factor == 1.0:
+        return image
+    resized = downscale(image, factor)
+    return np.asarray(Image.fromarray(resized).resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def random_rescale(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]) -> np.ndarray:
+    """:func:`rescale` by a factor drawn uniformly from ``scale`` with ``rng``."""
+    return rescale(image, float(rng.uniform(*scale)))
+
+
 def random_origin(height: int, width: int, spec: PreprocessSpec, rng: np.random.Generator) -> tuple[int, int]:
     """A random ``(top, left)`` for a ``spec.size`` crop, both multiples of ``spec.grid``."""
     top_steps = (height - spec.size) // spec.grid
@@ -107,8 +136,10 @@ def augment(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator, c
     if config.contrast_prob and rng.random() < config.contrast_prob:
         low, high = np.log(config.contrast_gain[0]), np.log(config.contrast_gain[1])
         crop = scale_contrast(crop, float(np.exp(rng.uniform(low, high))))
-    if config.jpeg_prob and rng.random() < config.jpeg_prob:
-        crop = jpeg_compress(crop, int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1)))
+    if config.resize_prob and rng.random() < config.resize_prob:
+        crop = random_rescale(crop, rng, config.resize_scale)
     if config.blur_prob and rng.random() < config.blur_prob:
         crop = gaussian_blur(crop, float(rng.uniform(*config.blur_sigma)))
+    if config.jpeg_prob and rng.random() < config.jpeg_prob:
+        crop = jpeg_compress(crop, int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1)))
     return crop

@@ -6,6 +6,10 @@ import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aigi.training.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +34,25 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from aigi.training.train import TrainConfig, train
+    from aigi.training.train import train
 
     if not args.resume and (args.data is None or args.out is None):
         print("aigi train: error: --data and --out are required (only --out with --resume)", file=sys.stderr)
         return 2
-    config = TrainConfig(
+    # our own errors (AigiError) become one line in aigi.cli; anything else is a bug
+    summary = train(train_config(args))
+    print(
+        f"trained {summary.epochs_completed}/{summary.epochs} epochs in {summary.time_s or 0:.0f} s "
+        f"({summary.images_per_s or 0:.1f} img/s); best epoch {summary.best_epoch}; wrote {args.out}"
+    )
+    return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that ``aigi train`` flags ``args`` ask for."""
+    from aigi.training.train import TrainConfig
+
+    return TrainConfig(
         data=args.data or "",
         out=args.out,
         model=args.model,
@@ -59,6 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         aug_contrast=args.aug_contrast,
         aug_jpeg=args.aug_jpeg,
         aug_blur=args.aug_blur,
+        aug_resize=args.aug_resize,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         allow_outside_root=args.allow_outside_root,
@@ -67,12 +85,6 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    summary = train(config)  # our own errors (AigiError) become one line in aigi.cli; anything else is a bug
-    print(
-        f"trained {summary.epochs_completed}/{summary.epochs} epochs in {summary.time_s or 0:.0f} s "
-        f"({summary.images_per_s or 0:.1f} img/s); best epoch {summary.best_epoch}; wrote {args.out}"
-    )
-    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -143,6 +155,25 @@ def _probability(text: str) -> float:
     return value
 
 
+def _add_degradations(parser: argparse.ArgumentParser) -> None:
+    """``--aug-jpeg/--aug-blur/--aug-resize P`` and ``--no-aug-...`` (P = 0): the default recipe has all three on."""
+    from aigi.training.augment import DEFAULT_AUG_BLUR, DEFAULT_AUG_JPEG, DEFAULT_AUG_RESIZE
+
+    degradations = (
+        ("jpeg", DEFAULT_AUG_JPEG, "JPEG re-compression at quality 30-100"),
+        ("blur", DEFAULT_AUG_BLUR, "Gaussian blur with sigma 0-3 px"),
+        ("resize", DEFAULT_AUG_RESIZE, "rescaling by 0.4-1x and back to size (bicubic)"),
+    )
+    for name, default, what in degradations:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
+            f"--aug-{name}", type=_probability, default=default, help=f"probability of {what} (default {default})"
+        )
+        group.add_argument(
+            f"--no-aug-{name}", dest=f"aug_{name}", action="store_const", const=0.0, help=f"same as --aug-{name} 0"
+        )
+
+
 def _add_synth(data_sub) -> None:
     parser = data_sub.add_parser("synth", help="build the offline real-vs-generated benchmark (no download)")
     parser.add_argument("--out", required=True, help="output folder (train/val/test/<label>/...)")
@@ -182,8 +213,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (0: in the main process)")
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="subsample for quick runs")
-    parser.add_argument("--aug-jpeg", type=_probability, default=0.0, help="probability of JPEG re-compression")
-    parser.add_argument("--aug-blur", type=_probability, default=0.0, help="probability of Gaussian blur")
+    _add_degradations(parser)
     parser.add_argument(
         "--aug-contrast", type=_probability, default=0.0, help="probability of a random contrast gain (0.5x-2x)"
     )

@@ -33,7 +33,7 @@ from aigi.checkpoint import (
 from aigi.errors import DatasetError, SettingsError
 from aigi.labels import labels_for_task, target_index
 from aigi.preprocessing import PreprocessSpec
-from aigi.training.augment import AugmentConfig
+from aigi.training.augment import DEFAULT_AUG_BLUR, DEFAULT_AUG_JPEG, DEFAULT_AUG_RESIZE, AugmentConfig
 from aigi.training.data import EpochSampler, ImageDataset, ShardSampler, make_loader
 from aigi.training.evaluate import predict_logits
 from aigi.training.model import Detector, apply_finetune_mode, build_from_meta, create_detector, save_checkpoint
@@ -77,8 +77,9 @@ class TrainConfig:
     max_train_images: int | None = None
     aug_flip: bool = False
     aug_contrast: float = 0.0
-    aug_jpeg: float = 0.0
-    aug_blur: float = 0.0
+    aug_jpeg: float = DEFAULT_AUG_JPEG
+    aug_blur: float = DEFAULT_AUG_BLUR
+    aug_resize: float = DEFAULT_AUG_RESIZE
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     allow_outside_root: bool = False
@@ -419,7 +420,9 @@ def _resolve_config(config: TrainConfig, out: Path) -> tuple[TrainConfig, dict[s
     saved = read_state(out)
     runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{**{k: v for k, v in saved["config"].items() if k in known}, **runtime}), saved
+    # a state from before --aug-resize existed trained without it: resuming must not switch it on
+    stored = {"aug_resize": 0.0, **saved["config"]}
+    return TrainConfig(**{**{k: v for k, v in stored.items() if k in known}, **runtime}), saved
 
 
 def _index_training_data(config: TrainConfig) -> tuple[Any, list[str], list]:
@@ -478,7 +481,11 @@ def _prepare_data(
     val_targets = [target_index(s.label, labels) for s in val_kept]
 
     augment_config = AugmentConfig(
-        flip=config.aug_flip, contrast_prob=config.aug_contrast, jpeg_prob=config.aug_jpeg, blur_prob=config.aug_blur
+        flip=config.aug_flip,
+        contrast_prob=config.aug_contrast,
+        jpeg_prob=config.aug_jpeg,
+        blur_prob=config.aug_blur,
+        resize_prob=config.aug_resize,
     )
     train_set = ImageDataset(train_images, train_targets, spec, augment_config, seed=config.seed)
     val_set = ImageDataset(val_images, val_targets, spec)
