@@ -200,6 +200,14 @@ def serving_args(repo: Path, admin_key: str, served_at: str | Path | None = None
     ]
 
 
+def _alive(proc_file: Path) -> bool:
+    """Whether the process of a ``/proc/PID/...`` path still runs (a zombie, dead and awaiting its reaper, does not)."""
+    try:
+        return (proc_file.parent / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class TritonServer:
     """One ``tritonserver`` process serving a model repository, bound to 127.0.0.1 by default.
 
@@ -507,7 +515,7 @@ class TritonServer:
             prefix = self.shm_prefix.encode()
             if not cmdline[0].endswith(b"python_backend_stub") or not any(prefix in part for part in cmdline):
                 continue
-            if model is None or any(f"/{model}/".encode() in part for part in cmdline):
+            if (model is None or any(f"/{model}/".encode() in part for part in cmdline)) and _alive(cmdline_file):
                 found.append(int(cmdline_file.parent.name))
         return sorted(found)
 
@@ -524,6 +532,9 @@ class TritonServer:
             # or it stays a zombie (elsewhere it is not our child and init reaps it)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        deadline = time.monotonic() + 10  # SIGKILL is not instant on a loaded machine; return once they are gone
+        while self.stub_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @property
     def admin_headers(self) -> dict[str, str]:
