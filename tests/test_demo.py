@@ -46,7 +46,7 @@ def test_demo_runs_every_step_for_real_and_reports_them_when_sized_small(tmp_pat
     assert main(["-q", "demo", "--out", str(out), *sizes, "--epochs", "1", "--bench-budget", "10"]) == 0
 
     steps = json.loads((out / "demo.json").read_text())["steps"]
-    assert [step["step"] for step in steps] == STEPS and all(step["seconds"] >= 0 for step in steps)
+    assert [step["step"] for step in steps] == STEPS
 
     meta = load_meta(out / "run")
     labels = list(meta.labels)

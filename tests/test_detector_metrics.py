@@ -113,7 +113,6 @@ def test_detector_metrics_count_exactly_the_traffic_when_scraped(
     assert delta("aigi_image_bytes_sum", **PREPROCESS) == sum(len(image) for image in sample_images)
     assert delta("aigi_image_pixels_sum", **PREPROCESS) == 180 * 200 + 300 * 260 + 240 * 240 + 230 * 250 + 400 * 320
     assert delta("aigi_image_pixels_bucket", le="65536", **PREPROCESS) == 3  # 180x200, 240x240, 230x250
-    assert delta("aigi_preprocess_duration_us_sum", **PREPROCESS) > 0
     assert sum(delta("aigi_verdicts_total", label=label, **NETWORK) for label in SERVE_LABELS) == 5
     assert delta("aigi_p_fake_count", **NETWORK) == 5
     assert delta("aigi_p_fake_sum", **NETWORK) == pytest.approx(float(p_fake.sum()), abs=1e-4)

@@ -80,7 +80,7 @@ def test_explain_writes_heatmaps_json_and_grid_with_224_over_patch_cells_when_gi
         scores = np.asarray(record["scores"])
         assert scores.shape == (14, 14) and np.isfinite(scores).all()
         assert abs(scores.mean() - record["margin"]) < 1e-4  # exact decomposition, up to the JSON's rounding
-        assert 0.0 <= record["p_fake"] <= 1.0
+        assert record["p_fake"] == pytest.approx(1.0 - record["probs"]["real"], abs=1e-5)
     assert (out / GRID_FILENAME).is_file()
 
 

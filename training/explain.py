@@ -35,6 +35,7 @@ from aigi.checkpoint import CheckpointMeta
 from aigi.errors import InvalidImageError, SettingsError
 from aigi.labels import REAL
 from aigi.preprocessing import PreprocessSpec, preprocess
+from aigi.training.calibration import softmax
 from aigi.training.model import Detector
 
 logger = logging.getLogger(__name__)
@@ -163,11 +164,6 @@ def crop_from_pixels(pixel_values: np.ndarray, spec: PreprocessSpec) -> np.ndarr
     return np.clip(np.rint(pixel_values * std + mean), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def explain_images(
     detector: Detector,
     meta: CheckpointMeta,
@@ -186,7 +182,7 @@ def explain_images(
         chunk = items[start : start + batch_size]
         pixels = np.stack([preprocess(path, meta.preprocessing) for _, path, _ in chunk])
         scores, logits = score_patches(detector, torch.from_numpy(pixels).to(device), method)
-        probs = _softmax(logits / meta.temperature)  # the calibrated probabilities the server answers with
+        probs = softmax(logits, meta.temperature).astype(np.float32)  # calibrated, as the server answers
         for i, (name, path, label) in enumerate(chunk):
             fake = int(np.argmax(logits[i, 1:])) + 1
             explanations.append(
