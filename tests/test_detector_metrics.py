@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 import types
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -24,8 +26,16 @@ NETWORK = {"model": "aigi_cpu", "version": "1"}
 
 
 def scrape(server: Any) -> list[Sample]:
-    with urllib.request.urlopen(server.endpoints["metrics_url"], timeout=10) as response:
-        return parse_prometheus(response.read().decode())
+    # Triton opens its metrics port a moment after HTTP reports ready: wait for it rather than race it
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(server.endpoints["metrics_url"], timeout=10) as response:
+                return parse_prometheus(response.read().decode())
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def value(samples: list[Sample], name: str, **labels: str) -> float:
