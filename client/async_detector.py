@@ -175,7 +175,10 @@ class AsyncDetector(DetectorSettings):
             return [result for results in singles for result in results]
 
     async def _infer(self, chunk: list[Prepared]) -> list[Result]:
-        inputs, outputs = wire.build_request(self._module, payloads(chunk), client_side=self.preprocess == "client")
+        info = await self.get_info()
+        inputs, outputs = wire.build_request(
+            self._module, payloads(chunk), client_side=self.preprocess == "client", label_ids=info.label_ids
+        )
         kwargs = self.call_kwargs()
 
         async def send(client: Any) -> Any:
@@ -186,7 +189,7 @@ class AsyncDetector(DetectorSettings):
                 return await client.infer(self._target, inputs, outputs=outputs, **kwargs)
 
         answer = await self._call("infer", send)
-        return wire.parse_results(answer, await self.get_info(), self._target, [item.source for item in chunk])
+        return wire.parse_results(answer, info, self._target, [item.source for item in chunk])
 
     async def close(self) -> None:
         """Close the connections."""

@@ -18,7 +18,7 @@ from PIL import Image
 
 from aigi.client import protocol as wire
 from aigi.client.images import Prepared, prepare
-from aigi.client.model_info import ModelInfo
+from aigi.client.model_info import ModelInfo, serves_label_ids
 from aigi.client.replicas import Replicas, parse_endpoints, tls_setting
 from aigi.client.result import Result
 from aigi.errors import ClientError, InvalidImageError, RequestRejectedError, SettingsError
@@ -158,6 +158,7 @@ def client_side_info(info: ModelInfo, network_config: dict[str, Any], network_ve
         network_model=info.network_model,
         preprocessing=info.preprocessing,
         version=network_version,
+        label_ids=serves_label_ids(network_config),
     )
 
 

@@ -246,7 +246,9 @@ class Detector(DetectorSettings):
             return [result for item in chunk for result in self._run_chunk([item])]
 
     def _infer(self, chunk: list[Prepared]) -> list[Result]:
-        inputs, outputs = wire.build_request(self._module, payloads(chunk), client_side=self.preprocess == "client")
+        inputs, outputs = wire.build_request(
+            self._module, payloads(chunk), client_side=self.preprocess == "client", label_ids=self.info.label_ids
+        )
         kwargs = self.call_kwargs()
 
         def send(client: Any) -> Any:

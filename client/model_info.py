@@ -13,6 +13,8 @@ from aigi.preprocessing import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
+LABEL_OUTPUT = "label_id"  # docs/CONTRACT.md: the served label index, len(labels) meaning ``unknown``
+
 
 def config_parameters(config: dict[str, Any]) -> dict[str, str]:
     """The ``parameters`` of a model config (as JSON from either protocol) as plain strings."""
@@ -32,6 +34,8 @@ class ModelInfo:
         network_model: the network model (``aigi_cpu``, ``aigi_onnx``, ``aigi_trt``) for client-side preprocessing.
         preprocessing: the checkpoint's preprocessing spec, or ``None`` when the config carries none.
         version: the newest version the server reports for ``name``.
+        label_ids: whether the model serves ``label_id`` (the label decided in the graph, ``unknown`` included);
+            a repository exported before it existed does not, and the client then names the argmax.
     """
 
     name: str
@@ -41,6 +45,7 @@ class ModelInfo:
     network_model: str | None
     preprocessing: PreprocessSpec | None
     version: str = ""
+    label_ids: bool = False
 
     @classmethod
     def from_config(cls, name: str, config: dict[str, Any], version: str = "") -> ModelInfo:
@@ -70,6 +75,7 @@ class ModelInfo:
             network_model=params.get("network_model") or None,
             preprocessing=spec,
             version=version,
+            label_ids=serves_label_ids(config),
         )
 
     @staticmethod
@@ -77,6 +83,12 @@ class ModelInfo:
         """Images one request may carry under a model config (1 for a model without batching)."""
         config = config.get("config", config)
         return max(1, int(config.get("max_batch_size", 0) or 1))
+
+
+def serves_label_ids(config: dict[str, Any]) -> bool:
+    """Whether a model config (either protocol's JSON) lists the ``label_id`` output."""
+    config = config.get("config", config)
+    return any(tensor.get("name") == LABEL_OUTPUT for tensor in config.get("output", []))
 
 
 def _output_width(config: dict[str, Any], output: str) -> int:

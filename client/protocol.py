@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from aigi.client.model_info import ModelInfo
+from aigi.client.model_info import LABEL_OUTPUT, ModelInfo
 from aigi.client.result import Result
 from aigi.client.retry import MAX_BACKOFF_S
 from aigi.errors import ClientError, SettingsError
+from aigi.labels import UNKNOWN
 
 PROTOCOLS = ("grpc", "http")
 PREPROCESS_MODES = ("server", "client")
@@ -116,8 +117,13 @@ def client_module(protocol: str, aio: bool = False) -> ModuleType:
     return module
 
 
-def build_request(module: ModuleType, payloads: Sequence[bytes | np.ndarray], client_side: bool) -> tuple[list, list]:
-    """Inputs and requested outputs for one batch: encoded bytes ``[B, 1]`` or ``pixel_values`` ``[B, 3, H, W]``."""
+def build_request(
+    module: ModuleType, payloads: Sequence[bytes | np.ndarray], client_side: bool, label_ids: bool = False
+) -> tuple[list, list]:
+    """Inputs and requested outputs for one batch: encoded bytes ``[B, 1]`` or ``pixel_values`` ``[B, 3, H, W]``.
+
+    ``label_ids`` also asks for ``label_id`` (only a model that serves it may be asked: see ``ModelInfo.label_ids``).
+    """
     if client_side:
         data = np.ascontiguousarray(np.stack(payloads), dtype=np.float32)
         tensor = module.InferInput("pixel_values", list(data.shape), "FP32")
@@ -126,7 +132,8 @@ def build_request(module: ModuleType, payloads: Sequence[bytes | np.ndarray], cl
         data[:, 0] = list(payloads)
         tensor = module.InferInput("image", list(data.shape), "BYTES")
     tensor.set_data_from_numpy(data)
-    return [tensor], [module.InferRequestedOutput(name) for name in OUTPUTS]
+    names = [*OUTPUTS, LABEL_OUTPUT] if label_ids else list(OUTPUTS)
+    return [tensor], [module.InferRequestedOutput(name) for name in names]
 
 
 def response_version(result: Any) -> str:
@@ -138,24 +145,48 @@ def response_version(result: Any) -> str:
 
 
 def parse_results(result: Any, info: ModelInfo, model: str, sources: Sequence[str]) -> list[Result]:
-    """One :class:`Result` per image of a successful response."""
+    """One :class:`Result` per image of a successful response.
+
+    The label is the served ``label_id`` when the response has it (``len(labels)`` is ``unknown``, with the most
+    likely generator in ``closest_known``), else the argmax of ``probs`` (a model exported before ``label_id``).
+    """
     probs = np.asarray(result.as_numpy("probs"), dtype=np.float32).reshape(len(sources), -1)
     raw_p_fake = result.as_numpy("p_fake")
     p_fake = 1.0 - probs[:, 0] if raw_p_fake is None else np.asarray(raw_p_fake, dtype=np.float32).reshape(-1)
     if probs.shape[1] != len(info.labels):
         raise ClientError(f"model {model!r} returned {probs.shape[1]} scores for {len(info.labels)} labels")
     version = response_version(result)
+    label_ids = _label_ids(result, probs, model, len(info.labels))
     results = []
-    for source, row, fake in zip(sources, probs, p_fake, strict=True):
+    for source, row, fake, label_id in zip(sources, probs, p_fake, label_ids, strict=True):
+        unknown = label_id == len(info.labels)
         results.append(
             Result(
                 source=source,
-                label=info.labels[int(np.argmax(row))],
+                label=UNKNOWN if unknown else info.labels[label_id],
                 p_fake=float(fake),
                 is_fake=bool(fake >= info.threshold),
                 scores={label: float(score) for label, score in zip(info.labels, row, strict=True)},
                 model=model,
                 model_version=version,
+                closest_known=info.labels[1 + int(np.argmax(row[1:]))] if unknown else None,
             )
         )
     return results
+
+
+def _label_ids(result: Any, probs: np.ndarray, model: str, classes: int) -> list[int]:
+    """The served ``label_id`` per image (``classes`` meaning ``unknown``), else the argmax of ``probs``.
+
+    Raises:
+        ClientError: ``label_id`` has the wrong size or an index past ``unknown``.
+    """
+    raw = result.as_numpy(LABEL_OUTPUT)
+    if raw is None:
+        return [int(index) for index in np.argmax(probs, axis=1)]
+    ids = np.asarray(raw).reshape(-1).astype(np.int64)
+    if ids.shape[0] != probs.shape[0] or ((ids < 0) | (ids > classes)).any():
+        raise ClientError(
+            f"model {model!r} returned label_id {ids.tolist()} for {probs.shape[0]} images of {classes} labels"
+        )
+    return ids.tolist()

@@ -1,8 +1,11 @@
-"""Export a detector to ONNX: ``pixel_values`` [B,3,H,W] -> ``logits``, ``probs`` [B,C] and ``p_fake`` [B,1].
+"""Export a detector to ONNX: ``pixel_values`` [B,3,H,W] -> ``logits``, ``probs`` [B,C], ``p_fake`` [B,1], ``label_id``.
 
 ``probs`` and ``p_fake`` are calibrated inside the graph: the logits are divided by the checkpoint's temperature
 (``aigi.json``'s ``calibration.temperature``, carried by the loaded detector) before the softmax, so every runtime
 built from this graph (ONNX Runtime, Triton, TensorRT) serves the probabilities the stored threshold was set on.
+``label_id`` (INT64 [B,1]) is the served label, decided in the graph too: the argmax of ``probs``, or ``C``
+(``unknown``) by the open-set rule when ``aigi.json`` holds an ``open_set.threshold`` (see
+``aigi.training.model.ExportableDetector`` and ``aigi.training.open_set``).
 
 The TorchScript-based exporter (``dynamo=False``) is tried first: it is fast, robust for the CLIP tower and, at
 opset 17 or newer, keeps every LayerNorm as one ``LayerNormalization`` node (which TensorRT and the FP16 pass
@@ -21,7 +24,7 @@ from aigi.errors import ExportError
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("logits", "probs", "p_fake")
+OUTPUT_NAMES = ("logits", "probs", "p_fake", "label_id")
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
 
@@ -40,7 +43,8 @@ def export_onnx(
             own (``load_checkpoint`` sets it from ``aigi.json``; 1.0 for a fresh network).
 
     Returns:
-        A small summary: ``exporter`` used, ``opset``, ``temperature``, node counts by op type.
+        A small summary: ``exporter`` used, ``opset``, ``temperature``, ``threshold`` and ``open_set_threshold``
+        (the decision and open-set thresholds baked into ``label_id``), node counts by op type.
 
     Raises:
         ExportError: both exporters failed, or the graph lacks the contract's tensors.
@@ -84,7 +88,15 @@ def export_onnx(
     if not exporter:
         raise ExportError("ONNX export failed with both exporters: " + " | ".join(errors))
     summary = check_graph(path)
-    summary.update({"exporter": exporter, "opset": opset, "temperature": model.temperature})
+    summary.update(
+        {
+            "exporter": exporter,
+            "opset": opset,
+            "temperature": model.temperature,
+            "threshold": model.threshold,
+            "open_set_threshold": model.open_set_threshold,
+        }
+    )
     return summary
 
 

@@ -3,8 +3,9 @@
 Every variant (FP32 ONNX, FP16 ONNX, INT8 ONNX, TensorRT engine) runs on the same inputs: random
 ``pixel_values`` at a few batch sizes plus real images through :func:`aigi.preprocessing.preprocess`. For
 each output the check reports the max absolute and relative difference and the decision agreement (same argmax,
-same side of the threshold on ``p_fake``). It passes when ``probs`` stays within the step's tolerance *and* both
-agreements reach :data:`MIN_AGREEMENT`; on a parity set of fewer than 100 samples that means every decision agrees.
+same side of the threshold on ``p_fake``, same served ``label_id``: the argmax or ``unknown`` by the open-set rule
+baked into the graph). It passes when ``probs`` stays within the step's tolerance *and* every agreement reaches
+:data:`MIN_AGREEMENT`; on a parity set of fewer than 100 samples that means every decision agrees.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from aigi.preprocessing import PreprocessSpec, preprocess
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("logits", "probs", "p_fake")
+# the served label index (int64 [B, 1]); compared by agreement, not by difference. Graphs exported before it existed
+# lack it: then it is left out of the check
+LABEL_OUTPUT = "label_id"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # Relative differences divide by |reference|, floored so outputs near zero do not explode.
 REL_FLOOR = 1e-6
@@ -54,10 +58,12 @@ class ParityResult:
     samples: int
     batches: list[str] = field(default_factory=list)
     min_agreement: float = MIN_AGREEMENT
+    # None when either side lacks label_id (a graph exported before it existed): not checked
+    label_agreement: float | None = None
 
     @property
     def passed(self) -> bool:
-        """``probs`` within tolerance and both decision agreements at least ``min_agreement``."""
+        """``probs`` within tolerance and every decision agreement at least ``min_agreement``."""
         return self.failure() is None
 
     def failure(self) -> str | None:
@@ -67,10 +73,13 @@ class ParityResult:
                 f"{self.artifact} differs from PyTorch past tolerance: probs max abs "
                 f"{self.max_abs['probs']:.2e} > {self.tolerance:.0e}"
             )
-        if min(self.argmax_agreement, self.is_fake_agreement) < self.min_agreement:
+        agreements = [self.argmax_agreement, self.is_fake_agreement]
+        agreements += [] if self.label_agreement is None else [self.label_agreement]
+        if min(agreements) < self.min_agreement:
             return (
                 f"{self.artifact} changes decisions against PyTorch: agreement argmax {self.argmax_agreement:.1%}, "
-                f"is_fake {self.is_fake_agreement:.1%} < {self.min_agreement:.0%} (n={self.samples})"
+                f"is_fake {self.is_fake_agreement:.1%}{self._label_text()} < {self.min_agreement:.0%} "
+                f"(n={self.samples})"
             )
         return None
 
@@ -78,12 +87,15 @@ class ParityResult:
         """JSON-ready form."""
         return {**asdict(self), "passed": self.passed}
 
+    def _label_text(self) -> str:
+        return "" if self.label_agreement is None else f", label_id {self.label_agreement:.1%}"
+
     def summary(self) -> str:
         """One line: the diffs per output and the agreement."""
         diffs = "  ".join(f"{name} abs {self.max_abs[name]:.2e} rel {self.max_rel[name]:.2e}" for name in OUTPUTS)
         return (
             f"{diffs}  (tol probs {self.tolerance:.0e}; agree argmax {self.argmax_agreement:.1%}, "
-            f"is_fake {self.is_fake_agreement:.1%}; n={self.samples})"
+            f"is_fake {self.is_fake_agreement:.1%}{self._label_text()}; n={self.samples})"
         )
 
 
@@ -137,9 +149,10 @@ def sample_images(root: str | Path, spec: PreprocessSpec, limit: int = 8) -> Ima
 
 
 def torch_outputs(detector, pixel_values: np.ndarray, temperature: float | None = None) -> Outputs:
-    """FP32 PyTorch outputs (the reference) for one batch, calibrated like the graph.
+    """FP32 PyTorch outputs (the reference) for one batch, calibrated like the graph, ``label_id`` as int64.
 
-    ``temperature`` defaults to the detector's own (from ``aigi.json``), as :func:`export_onnx` does.
+    ``temperature`` defaults to the detector's own (from ``aigi.json``), as :func:`export_onnx` does; the decision
+    and open-set thresholds of ``label_id`` are the detector's own.
     """
     import torch
 
@@ -148,7 +161,15 @@ def torch_outputs(detector, pixel_values: np.ndarray, temperature: float | None 
     model = ExportableDetector(detector, temperature).eval()
     with torch.no_grad():
         tensors = model(torch.from_numpy(np.ascontiguousarray(pixel_values)))
-    return {name: tensor.float().cpu().numpy() for name, tensor in zip(OUTPUTS, tensors, strict=True)}
+    return {
+        name: _as_output(tensor.cpu().numpy()) for name, tensor in zip((*OUTPUTS, LABEL_OUTPUT), tensors, strict=True)
+    }
+
+
+def _as_output(value: np.ndarray) -> np.ndarray:
+    """Float outputs as float32, integer ones (``label_id``) as int64."""
+    value = np.asarray(value)
+    return value.astype(np.int64) if np.issubdtype(value.dtype, np.integer) else value.astype(np.float32)
 
 
 def onnx_runner(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], Outputs]:
@@ -159,10 +180,12 @@ def onnx_runner(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], Ou
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    has_label = LABEL_OUTPUT in {output.name for output in session.get_outputs()}
+    names = [*OUTPUTS, LABEL_OUTPUT] if has_label else list(OUTPUTS)
 
     def run(pixel_values: np.ndarray) -> Outputs:
-        values = session.run(list(OUTPUTS), {"pixel_values": pixel_values})
-        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(OUTPUTS, values, strict=True)}
+        values = session.run(names, {"pixel_values": pixel_values})
+        return {name: _as_output(value) for name, value in zip(names, values, strict=True)}
 
     return run
 
@@ -177,11 +200,13 @@ def compare(
 ) -> ParityResult:
     """Max abs/rel difference per output and decision agreement of ``candidates`` against ``references``.
 
-    The result passes when ``probs`` is within ``tolerance`` and both agreements reach :data:`MIN_AGREEMENT`.
+    ``label_id`` agreement counts the batches where both sides have that output (a graph exported before it
+    existed has none). The result passes when ``probs`` is within ``tolerance`` and every agreement reaches
+    :data:`MIN_AGREEMENT`.
     """
     max_abs = dict.fromkeys(OUTPUTS, 0.0)
     max_rel = dict.fromkeys(OUTPUTS, 0.0)
-    argmax_same = fake_same = samples = 0
+    argmax_same = fake_same = samples = label_same = label_samples = 0
     for reference, candidate in zip(references, candidates, strict=True):
         for name in OUTPUTS:
             ref, got = reference[name], candidate[name]
@@ -194,6 +219,9 @@ def compare(
         argmax_same += int((reference["probs"].argmax(-1) == candidate["probs"].argmax(-1)).sum())
         fake_same += int(((reference["p_fake"][:, 0] >= threshold) == (candidate["p_fake"][:, 0] >= threshold)).sum())
         samples += len(reference["probs"])
+        if LABEL_OUTPUT in reference and LABEL_OUTPUT in candidate:
+            label_same += int((reference[LABEL_OUTPUT].reshape(-1) == candidate[LABEL_OUTPUT].reshape(-1)).sum())
+            label_samples += len(reference["probs"])
     return ParityResult(
         artifact=artifact,
         tolerance=tolerance,
@@ -204,6 +232,7 @@ def compare(
         samples=samples,
         batches=list(batch_names),
         min_agreement=MIN_AGREEMENT,
+        label_agreement=label_same / label_samples if label_samples else None,
     )
 
 

@@ -235,7 +235,10 @@ def build_engine(directory: str | Path, shapes: EngineShapes, timing_cache: str 
 
 
 def engine_runner(plan_path: str | Path):
-    """A function running ``model.plan`` on the GPU: FP32 ``pixel_values`` in, the three outputs out (numpy)."""
+    """A function running ``model.plan`` on the GPU: FP32 ``pixel_values`` in, every output out (numpy).
+
+    Float outputs come back as float32, integer ones (``label_id``) as int64.
+    """
     import tensorrt as trt
     import torch
 
@@ -246,6 +249,7 @@ def engine_runner(plan_path: str | Path):
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    dtypes = {trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64}
 
     def run(pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         stream = torch.cuda.current_stream()
@@ -254,12 +258,15 @@ def engine_runner(plan_path: str | Path):
         context.set_tensor_address("pixel_values", source.data_ptr())
         results = {}
         for name in outputs:
-            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
+            dtype = dtypes.get(engine.get_tensor_dtype(name), torch.float32)
             results[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
             context.set_tensor_address(name, results[name].data_ptr())
         if not context.execute_async_v3(stream.cuda_stream):
             raise ExportError(f"{plan_path}: TensorRT execution failed")
         stream.synchronize()
-        return {name: tensor.float().cpu().numpy() for name, tensor in results.items()}
+        return {
+            name: tensor.long().cpu().numpy() if not tensor.is_floating_point() else tensor.float().cpu().numpy()
+            for name, tensor in results.items()
+        }
 
     return run

@@ -81,9 +81,15 @@ def test_fp16_variant_within_tolerance_when_converted(exported, tmp_path):
     fp16 = tmp_path / "model.fp16.onnx"
     details = variants.make_fp16(path, fp16)
     model = onnx.load(str(fp16))
-    # io stays FP32; matmul weights are FP16; LayerNorm runs in FP32
+    # io stays FP32 (label_id INT64); matmul weights are FP16; LayerNorm runs in FP32
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    assert types == {
+        "logits": onnx.TensorProto.FLOAT,
+        "probs": onnx.TensorProto.FLOAT,
+        "p_fake": onnx.TensorProto.FLOAT,
+        "label_id": onnx.TensorProto.INT64,
+    }
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     assert details["casts_added"] > 0
     result = parity.check("fp16", parity.onnx_runner(fp16), batches, references, parity.TOLERANCES["fp16"], THRESHOLD)

@@ -58,7 +58,8 @@ def test_configs_follow_contract_when_built_for_cpu():
     assert preprocess.parameters["EXECUTION_ENV_PATH"] == "/env"
     assert network.backend == "python" and network.instance_groups[0].kind == "KIND_CPU"
     assert network.parameters["onnx_file"] == "model.onnx" and network.parameters["EXECUTION_ENV_PATH"] == "/env"
-    assert [o.name for o in network.outputs] == ["logits", "probs", "p_fake"]
+    assert [o.name for o in network.outputs] == ["logits", "probs", "p_fake", "label_id"]
+    assert network.output("label_id").data_type == ensemble.output("label_id").data_type == "TYPE_INT64"
     assert network.warmups[0].batch_size == 1
     assert network.dynamic_batching.max_queue_delay_microseconds == 2000
 

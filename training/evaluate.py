@@ -6,8 +6,11 @@ softmax temperature ``T`` (:mod:`aigi.training.calibration`, minimum NLL), then 
 ``p = softmax(logits / T)``, exactly what the exported graph serves. The threshold is the smallest one whose
 false-positive rate on the val split's real images stays at or under a target; both are written back into the
 checkpoint's ``aigi.json`` (``threshold``, ``calibration.temperature``), so the stored pair always matches. The
-test split reports the expected calibration error before (``T = 1``) and after. Robustness runs repeat the test
-under JPEG, blur and downscaling applied to decoded images before the shared preprocessing.
+test split reports the expected calibration error before (``T = 1``) and after. For an attribution model a third
+step fits the open-set threshold (:mod:`aigi.training.open_set`) on the same calibrated val probabilities and that
+threshold; it is stored as ``open_set`` in ``aigi.json``, served in the graph's ``label_id``, and the test split
+reports how many fakes become ``unknown``. Robustness runs repeat the test under JPEG, blur and downscaling applied
+to decoded images before the shared preprocessing.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from aigi.training.metrics import (
     safe_mean,
     threshold_for_fpr,
 )
+from aigi.training.open_set import DEFAULT_KEEP, fit_open_set, label_names, open_set_labels, open_set_summary
 
 logger = logging.getLogger(__name__)
 
@@ -245,8 +249,12 @@ def evaluate(
     device: str | None = None,
     allow_outside_root: bool = False,
     progress: bool = True,
+    open_set_keep: float = DEFAULT_KEEP,
 ) -> dict[str, Any]:
     """Evaluate a run directory on a dataset, write the report to ``out`` and the threshold into ``aigi.json``.
+
+    ``open_set_keep`` is the share of val's known fakes that keep their name when the open-set threshold of an
+    attribution model is fitted (see :mod:`aigi.training.open_set`).
 
     Returns:
         The report (as written to ``out/report.json``).
@@ -273,11 +281,14 @@ def evaluate(
     val_logits = scorer.logits(val_images, "val") if val_images else np.zeros((0, meta.num_labels), np.float32)
     threshold, calibration = fit_calibration(val_logits, val_kept, meta.labels, target_fpr)
     scorer.temperature = calibration["temperature"]
+    val_probs = softmax(val_logits, scorer.temperature) if len(val_logits) else val_logits
+    open_set = fit_open_set(val_probs, meta.labels, _true_indices(val_kept, meta.labels), threshold, open_set_keep)
 
     test_logits = scorer.logits(test_images, "test")
     test_probs = softmax(test_logits, scorer.temperature)
     test_metrics, plots = score_split(test_probs, test_kept, meta.labels, meta.task, threshold)
     plots["uncalibrated_p_fake"] = p_fake(softmax(test_logits))
+    open_set_report, plots["served"] = _open_set_test(open_set, test_probs, test_kept, meta.labels, threshold)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -286,6 +297,7 @@ def evaluate(
         "threshold": threshold,
         "calibration": calibration,
         "calibration_error": calibration_error(test_logits, test_kept, scorer.temperature),
+        "open_set": open_set_report,
         "test": test_metrics,
         "skipped_files": len(val_skipped) + len(test_skipped) + len(getattr(index, "skipped", []) or []),
         "skipped": [[str(p), str(r)] for p, r in (val_skipped + test_skipped)[:50]],
@@ -299,9 +311,35 @@ def evaluate(
     report["files"] = write_report(report, plots, out)
     (out / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
 
+    meta.open_set = open_set
     _store_calibration(checkpoint, meta, threshold, calibration, test_metrics)
     _log_test(test_metrics, threshold, out)
     return report
+
+
+def _open_set_test(
+    open_set: dict[str, Any], probs: np.ndarray, samples: list, labels: list[str], threshold: float
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The served label of each test image, and the fitted open-set record plus what it does to the test split's
+    fakes (``None`` without an open set) for the report."""
+    served = label_names(open_set_labels(probs, labels, threshold, open_set.get("threshold")), labels)
+    if not open_set:
+        return None, served
+    if open_set.get("threshold") is None:
+        logger.warning("no known fake of val is flagged fake: this model keeps naming every fake (no open set)")
+        return {**open_set, "test": None}, served
+    is_fake = np.asarray([s.label != REAL for s in samples], dtype=bool)
+    test = open_set_summary(probs, labels, _true_indices(samples, labels), is_fake, threshold, open_set["threshold"])
+    logger.info(
+        "open set: threshold %.4f (%.0f%% of val's known fakes keep their name); test: %d of %d flagged fakes "
+        "unknown, attribution accuracy among named %s",
+        open_set["threshold"],
+        100 * open_set["keep"],
+        test["unknown"],
+        test["flagged_fakes"],
+        "n/a" if test["attribution_accuracy_named"] is None else f"{test['attribution_accuracy_named']:.4f}",
+    )
+    return {**open_set, "test": test}, served
 
 
 def _store_calibration(
@@ -348,6 +386,7 @@ def _write_predictions(path: Path, samples, probs: np.ndarray, plots: dict[str, 
                 "path": str(sample.path),
                 "label": sample.label,
                 "predicted": labels[int(plots["predicted"][i])],
+                "served": plots["served"][i],
                 "p_fake": float(plots["p_fake"][i]),
                 "is_fake": bool(plots["decided"][i]),
                 "probs": [float(v) for v in probs[i]],

@@ -17,6 +17,7 @@ from torch import nn
 
 from aigi.checkpoint import WEIGHTS_FILENAME, ArchitectureMeta, CheckpointMeta, load_meta, save_meta
 from aigi.errors import CheckpointError, ModelSourceError, SettingsError
+from aigi.training.open_set import P_FAKE_EPS
 from aigi.training.presets import get_preset
 
 if TYPE_CHECKING:
@@ -73,10 +74,13 @@ class Detector(nn.Module):
     ``temperature`` is the calibration ``T`` from ``aigi.json`` (set by :func:`load_checkpoint`, 1.0 for a new
     network). ``forward`` ignores it (training and evaluation see raw logits); :class:`ExportableDetector`, the
     served graph, divides the logits by it before the softmax. It is not a weight: ``model.safetensors`` never
-    holds it.
+    holds it. ``threshold`` (the decision threshold) and ``open_set_threshold`` (``None``: no open set) likewise come
+    from ``aigi.json`` for the served ``label_id``.
     """
 
     temperature: float
+    threshold: float
+    open_set_threshold: float | None
 
     def __init__(
         self,
@@ -101,6 +105,8 @@ class Detector(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.temperature = 1.0
+        self.threshold = 0.5
+        self.open_set_threshold = None
 
     @property
     def image_size(self) -> int:
@@ -120,11 +126,17 @@ class Detector(nn.Module):
 
 
 class ExportableDetector(nn.Module):
-    """Wraps a :class:`Detector` to return ``(logits, probs, p_fake)``, the network model's outputs on Triton.
+    """Wraps a :class:`Detector` to return ``(logits, probs, p_fake, label_id)``, the network model's outputs on Triton.
 
     ``logits`` are the network's raw logits; ``probs = softmax(logits / T)`` and ``p_fake = 1 - probs[:, 0]`` are
     calibrated with the temperature ``T`` (``temperature``, else the detector's own, from ``aigi.json``). With
     ``T = 1`` the graph has no division, exactly as before calibration existed.
+
+    ``label_id`` (int64 ``[B, 1]``) is the served label: the argmax of ``probs``, or ``C`` (one past the labels,
+    meaning ``unknown``) for an image with ``p_fake >= threshold`` whose known-generator confidence
+    ``max_g p(g) / p_fake`` is below the detector's ``open_set_threshold`` (see :mod:`aigi.training.open_set`, whose
+    :func:`~aigi.training.open_set.open_set_labels` is the same rule in numpy). Without an open-set threshold, or
+    with fewer than two generator classes, it is the plain argmax.
     """
 
     def __init__(self, detector: Detector, temperature: float | None = None) -> None:
@@ -133,12 +145,25 @@ class ExportableDetector(nn.Module):
         self.temperature = float(getattr(detector, "temperature", 1.0) if temperature is None else temperature)
         if not self.temperature > 0:
             raise SettingsError(f"temperature must be > 0, got {self.temperature}")
+        self.threshold = float(getattr(detector, "threshold", 0.5))
+        open_set = getattr(detector, "open_set_threshold", None)
+        self.open_set_threshold = None if open_set is None else float(open_set)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.detector(pixel_values)
         scaled = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature
         probs = torch.softmax(scaled, dim=-1)
-        return logits, probs, 1.0 - probs[:, :1]
+        p_fake = 1.0 - probs[:, :1]
+        return logits, probs, p_fake, self._label_id(probs, p_fake)
+
+    def _label_id(self, probs: torch.Tensor, p_fake: torch.Tensor) -> torch.Tensor:
+        top = probs.argmax(dim=-1, keepdim=True)
+        classes = probs.shape[-1]
+        if self.open_set_threshold is None or classes < 3:  # decided at export: no open-set nodes in the graph
+            return top
+        confidence = probs[:, 1:].amax(dim=-1, keepdim=True) / p_fake.clamp_min(P_FAKE_EPS)
+        unknown = (p_fake >= self.threshold) & (confidence < self.open_set_threshold)
+        return torch.where(unknown, torch.full_like(top, classes), top)
 
 
 def _vision_from_config(config_dict: dict[str, Any]) -> CLIPVisionModel:
@@ -299,4 +324,6 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: weights do not match aigi.json: {str(exc).splitlines()[0]}") from exc
     detector.temperature = meta.temperature
+    detector.threshold = float(meta.threshold)
+    detector.open_set_threshold = meta.open_set_threshold
     return detector.to(device).eval(), meta

@@ -28,6 +28,7 @@ WEIGHTS_FILENAME = "model.safetensors"
 METRICS_FILENAME = "metrics.json"
 FORMAT_VERSION = 1
 TEMPERATURE_KEY = "temperature"
+OPEN_SET_THRESHOLD_KEY = "threshold"
 
 
 def _check_temperature(value: Any) -> float:
@@ -38,6 +39,19 @@ def _check_temperature(value: Any) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise CheckpointError(f"calibration temperature must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_open_set_threshold(value: Any) -> float | None:
+    """``value`` as an open-set threshold: ``None`` (no open set) or a number in ``[0, 1]``.
+
+    Raises:
+        CheckpointError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise CheckpointError(f"open_set threshold must be a number in [0, 1] or null, got {value!r}")
     return float(value)
 
 
@@ -212,6 +226,11 @@ class CheckpointMeta:
     ``calibration`` is the record ``aigi eval`` writes: how ``threshold`` was chosen and the softmax
     :attr:`temperature` (``calibration["temperature"]``; absent means 1, an uncalibrated model). The served
     ``probs`` and ``p_fake`` are ``softmax(logits / temperature)`` and ``threshold`` applies to that ``p_fake``.
+
+    ``open_set`` is the open-set attribution record ``aigi eval`` writes for a source model
+    (``{"threshold": t, "keep": 0.95, ...}``, see :mod:`aigi.training.open_set`); :attr:`open_set_threshold` is its
+    ``threshold`` (absent: no open set, which is also what an ``aigi.json`` without the section means). A flagged
+    fake whose known-generator confidence is below it is served as ``unknown``.
     """
 
     architecture: ArchitectureMeta
@@ -220,6 +239,7 @@ class CheckpointMeta:
     preprocessing: PreprocessSpec
     threshold: float = 0.5
     calibration: dict[str, Any] = field(default_factory=dict)
+    open_set: dict[str, Any] = field(default_factory=dict)
     training: TrainingSummary = field(default_factory=TrainingSummary.empty)
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -234,6 +254,7 @@ class CheckpointMeta:
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise CheckpointError(f"threshold must lie in [0, 1], got {self.threshold}")
         _check_temperature(self.calibration.get(TEMPERATURE_KEY, 1.0))
+        _check_open_set_threshold(self.open_set.get(OPEN_SET_THRESHOLD_KEY))
 
     @property
     def temperature(self) -> float:
@@ -243,6 +264,11 @@ class CheckpointMeta:
     @temperature.setter
     def temperature(self, value: float) -> None:
         self.calibration = {**self.calibration, TEMPERATURE_KEY: _check_temperature(value)}
+
+    @property
+    def open_set_threshold(self) -> float | None:
+        """The open-set threshold on the known-generator confidence, or ``None`` when the model has no open set."""
+        return _check_open_set_threshold(self.open_set.get(OPEN_SET_THRESHOLD_KEY))
 
     @property
     def num_labels(self) -> int:
@@ -259,6 +285,7 @@ class CheckpointMeta:
             "preprocessing": self.preprocessing.to_dict(),
             "threshold": float(self.threshold),
             "calibration": self.calibration,
+            "open_set": self.open_set,
             "training": self.training.to_dict(),
             "metrics": self.metrics,
         }
@@ -277,6 +304,7 @@ class CheckpointMeta:
                 preprocessing=PreprocessSpec.from_dict(data["preprocessing"]),
                 threshold=float(data.get("threshold", 0.5)),
                 calibration=dict(data.get("calibration", {})),
+                open_set=dict(data.get("open_set") or {}),
                 training=TrainingSummary.from_dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
                 format_version=version,

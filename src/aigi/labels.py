@@ -10,6 +10,9 @@ from aigi.errors import DatasetError, SettingsError
 
 REAL = "real"
 FAKE = "fake"
+# the label of an image that looks generated but matches no known generator well enough (training/open_set.py);
+# served as label index len(labels), so no class may carry this name
+UNKNOWN = "unknown"
 BINARY_LABELS: tuple[str, str] = (REAL, FAKE)
 TASKS = ("binary", "source")
 
@@ -18,7 +21,8 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     """Check a label list against the contract and return it as a list.
 
     Raises:
-        DatasetError: if ``real`` is missing or not first, labels repeat, or there are fewer than two.
+        DatasetError: if ``real`` is missing or not first, labels repeat, one is the reserved ``unknown``, or there
+            are fewer than two.
     """
     labels = [str(label) for label in labels]
     if REAL not in labels:
@@ -27,6 +31,8 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
         raise DatasetError(f"label 0 must be '{REAL}', got {labels}")
     if len(set(labels)) != len(labels):
         raise DatasetError(f"labels repeat: {labels}")
+    if UNKNOWN in labels:
+        raise DatasetError(f"'{UNKNOWN}' is reserved for open-set attribution and cannot be a class: {labels}")
     if len(labels) < 2:
         raise DatasetError(f"only one class ({labels[0]}): need real images and at least one kind of fake")
     return labels
