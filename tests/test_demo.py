@@ -14,11 +14,14 @@ import pytest
 
 from aigi.benchmarks import demo
 from aigi.errors import AigiError
+from aigi.labels import REAL, UNKNOWN
+from aigi.training.synth import GENERATORS
 
 STEPS = [
     "build the offline benchmark",
     "train tiny (source task)",
     "evaluate with robustness",
+    "leave one generator out",
     "export a CPU Triton repository (INT8)",
     "check the repository",
     "serve with Triton and classify held-out images",
@@ -43,20 +46,26 @@ def test_demo_runs_every_step_for_real_and_reports_them_when_sized_small(tmp_pat
 
     out = tmp_path / "demo"
     sizes = ["--train-per-class", "2", "--val-per-class", "2", "--test-per-class", str(PER_CLASS)]
-    assert main(["-q", "demo", "--out", str(out), *sizes, "--epochs", "1", "--bench-budget", "10"]) == 0
+    assert (
+        main(["-q", "demo", "--out", str(out), *sizes, "--epochs", "1", "--loo-epochs", "1", "--bench-budget", "10"])
+        == 0
+    )
 
     steps = json.loads((out / "demo.json").read_text())["steps"]
     assert [step["step"] for step in steps] == STEPS
 
     meta = load_meta(out / "run")
     labels = list(meta.labels)
-    assert meta.task == "source" and labels[0] == "real" and len(labels) == 5
+    assert meta.task == "source" and labels[0] == REAL and sorted(labels[1:]) == sorted(GENERATORS)
     test_images = {path.parent.name: [] for path in (out / "data" / "test").glob("*/*")}
     for path in (out / "data" / "test").glob("*/*"):
         test_images[path.parent.name].append(path)
     assert sorted(test_images) == sorted(labels)
     assert all(len(paths) == PER_CLASS for paths in test_images.values())
     assert (out / "eval" / "REPORT.md").is_file() and (out / "eval" / "predictions.jsonl").is_file()
+    loo = json.loads((out / "leave_one_out" / "leave_one_out.json").read_text())
+    assert sorted(fold["held_out"] for fold in loo["folds"]) == ["decoder_nonperiodic", "gan_tconv"]
+    assert "## Generators never seen" in (out / "REPORT.md").read_text()
     assert {"aigi", "aigi_preprocess", "aigi_cpu"} <= {p.name for p in (out / "model_repository").iterdir()}
 
     # every held-out sample went through Triton and came back with a label of the checkpoint
@@ -64,8 +73,9 @@ def test_demo_runs_every_step_for_real_and_reports_them_when_sized_small(tmp_pat
     rows = predictions["rows"]
     assert predictions["n"] == len(rows) == len(labels) * PER_CLASS and predictions["errors"] == 0
     for row in rows:
-        assert row["error"] is None and row["predicted"] in labels and 0.0 <= row["p_fake"] <= 1.0
-        assert row["true"] == row["image"].split("/")[0] and row["eval_predicted"] in labels
+        # a served label is one of the checkpoint's, or the open-set answer for a fake no known generator explains
+        assert row["error"] is None and row["predicted"] in [*labels, UNKNOWN] and 0.0 <= row["p_fake"] <= 1.0
+        assert row["true"] == row["image"].split("/")[0] and row["eval_predicted"] in [*labels, UNKNOWN]
     assert predictions["correct"] == sum(row["predicted"] == row["true"] for row in rows)
     assert predictions["compared_with_eval"] == len(rows)
     assert predictions["same_as_eval"] == sum(row["predicted"] == row["eval_predicted"] for row in rows)
@@ -102,10 +112,15 @@ def test_demo_stops_at_a_failing_step_names_it_and_still_writes_the_report(tmp_p
 
     monkeypatch.setattr(demo, "_cli", fake_cli)
     config = demo.DemoConfig(out=tmp_path / "demo")
-    with pytest.raises(demo.DemoStepError, match=r"step 2/7 \(train tiny \(source task\)\) failed: no GPU"):
+    with pytest.raises(demo.DemoStepError, match=r"step 2/8 \(train tiny \(source task\)\) failed: no GPU"):
         demo.run_demo(config)
     assert ran == ["data", "train"]  # nothing after the failing step ran
     assert [step["step"] for step in json.loads((config.out / "demo.json").read_text())["steps"]] == STEPS[:1]
     report = (config.out / "REPORT.md").read_text()
-    for missing in ("_evaluation did not run_", "_serving did not run_", "_the benchmark did not run_"):
+    for missing in (
+        "_evaluation did not run_",
+        "_leave one generator out did not run_",
+        "_serving did not run_",
+        "_the benchmark did not run_",
+    ):
         assert missing in report

@@ -70,13 +70,14 @@ def test_synthesize_changes_images_when_seed_changes(tiny_benchmark: tuple[Path,
     assert sum(other.get(name) == digest for name, digest in images.items()) == 0
 
 
-def test_synthesize_builds_real_and_four_generators_when_run(tiny_benchmark: tuple[Path, dict]) -> None:
+def test_synthesize_builds_real_and_every_generator_when_run(tiny_benchmark: tuple[Path, dict]) -> None:
     root, summary = tiny_benchmark
 
     index = index_dataset(root)
 
     assert index.layout == "splits"
-    assert index.class_names[0] == REAL and len(index.class_names) >= 5
+    assert index.class_names[0] == REAL and set(index.class_names[1:]) == set(synth.GENERATORS)
+    assert len(synth.GENERATORS) == 7 and set(synth.FAMILIES) < set(synth.GENERATORS)
     assert index.counts()["train"] == {label: 10 for label in index.class_names}
     assert index.counts()["test"] == {label: 3 for label in index.class_names}
     assert json.loads((root / "synth.json").read_text()) == summary
@@ -180,6 +181,97 @@ def test_synthesize_raises_dataset_error_when_folder_holds_other_files(tmp_path:
     with pytest.raises(DatasetError, match="did not write"):
         synthesize(tmp_path, workers=1, **TINY)
     assert (tmp_path / "train" / REAL / "mine.jpg").exists()
+
+
+def test_synthesize_writes_the_same_images_of_a_generator_when_only_some_generators_are_built(
+    tiny_benchmark: tuple[Path, dict], tmp_path: Path
+) -> None:
+    root, _ = tiny_benchmark
+    chosen = ["diffusion_refine", "gan_tconv"]
+
+    summary = synthesize(tmp_path, workers=1, generators=chosen, **TINY)
+
+    assert summary["classes"] == [REAL, "gan_tconv", "diffusion_refine"]  # GENERATORS order, not the order given
+    assert set(summary["generators"]) == set(chosen)
+    full = {name: digest for name, digest in _hashes(root).items() if not name.endswith(".json")}
+    subset = {name: digest for name, digest in _hashes(tmp_path).items() if not name.endswith(".json")}
+    assert subset == {name: digest for name, digest in full.items() if name.split("/")[1] in summary["classes"]}
+
+
+def test_synthesize_removes_classes_left_out_when_rerun_with_fewer_generators(tmp_path: Path) -> None:
+    small = {**TINY, "train_per_class": 1, "val_per_class": 1, "test_per_class": 1}
+    synthesize(tmp_path, workers=1, **small)
+
+    synthesize(tmp_path, workers=1, generators=["inpaint_region"], **small)
+
+    assert {path.name for path in (tmp_path / "train").iterdir()} == {REAL, "inpaint_region"}
+    assert index_dataset(tmp_path).class_names == [REAL, "inpaint_region"]
+
+
+def test_synthesize_raises_dataset_error_when_a_generator_is_unknown(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown generator.*stylegan9"):
+        synthesize(tmp_path / "out", workers=1, generators=["gan_tconv", "stylegan9"], **TINY)
+    assert not (tmp_path / "out").exists()
+
+
+def _grid_peak(residuals: list[np.ndarray]) -> float:
+    """Largest ratio, over the frequencies of the 8-pixel grid (multiples of 1/8 cycle per pixel in y and x, DC
+    excluded), of the residuals' summed power spectrum to the median power of the surrounding 7x7 bins (the centre
+    3x3 left out): about 1 where a residual has no periodic component, large at a period that divides 8."""
+    power = sum(np.abs(np.fft.fft2(residual - residual.mean())) ** 2 for residual in residuals)
+    n = power.shape[0]
+    ratios = []
+    for ky in range(8):
+        for kx in range(8):
+            if ky == kx == 0:
+                continue
+            rows = [(ky * n // 8 + d) % n for d in range(-3, 4)]
+            cols = [(kx * n // 8 + d) % n for d in range(-3, 4)]
+            block = power[np.ix_(rows, cols)].astype(float)
+            centre = block[3, 3]
+            block[2:5, 2:5] = np.nan
+            ratios.append(centre / np.nanmedian(block))
+    return max(ratios)
+
+
+def _residuals(name: str, count: int = 12, size: int = 64) -> list[np.ndarray]:
+    """What the generator added to each of ``count`` train crops (grey levels, channel mean)."""
+    rng = np.random.default_rng(0)
+    kernels = synth._generator_kernels(name)
+    residuals = []
+    for _ in range(count):
+        source = synth._random_crop(rng, synth.PHOTOS_BY_SPLIT["train"], size)
+        generated = synth._match_stats(synth._generate(name, kernels, source, rng), source, gray=synth._is_gray(source))
+        residuals.append((generated.astype(float) - source).mean(axis=2))
+    return residuals
+
+
+@pytest.mark.parametrize("name", ["decoder_nonperiodic", "diffusion_refine"])
+def test_generated_trace_has_no_grid_peak_when_family_is_not_periodic(name: str) -> None:
+    periodic = _grid_peak(_residuals("gan_tconv"))
+    other = _grid_peak(_residuals(name))
+
+    assert periodic > 50, f"gan_tconv: grid peak ratio {periodic:.1f}; the periodic reference lost its peak"
+    assert other < 6, f"{name}: grid peak ratio {other:.1f}, a periodic trace where none should be"
+
+
+def test_inpaint_region_changes_one_region_and_keeps_the_rest_when_generated() -> None:
+    rng = np.random.default_rng(0)
+    changed_shares = []
+    for _ in range(8):
+        source = synth._random_crop(rng, synth.PHOTOS_BY_SPLIT["train"], 128)
+        generated = synth._generate("inpaint_region", synth._generator_kernels("inpaint_region"), source, rng)
+        changed = np.abs(generated - source).max(axis=2) > 0.5
+        changed_shares.append(changed.mean())
+        # the untouched part includes every border: the blob stays around the centre
+        assert not changed[0].any() and not changed[-1].any() and not changed[:, 0].any() and not changed[:, -1].any()
+
+    assert min(changed_shares) > 0.1 and max(changed_shares) < 0.8, changed_shares
+
+
+def test_every_generator_description_says_it_is_simulated_when_listed() -> None:
+    for name, description in synth.GENERATORS.items():
+        assert description.startswith("simulated "), name
 
 
 @pytest.mark.parametrize("size", [0, 60, 100000])

@@ -25,6 +25,7 @@ def _synth(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         workers=args.workers,
+        generators=args.generators,
         progress=not args.quiet,
     )
     counts = summary.get("counts", {})
@@ -88,6 +89,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.leave_one_out:
+        return _leave_one_out(args)
+    if args.checkpoint is None:
+        print("aigi eval: error: --checkpoint is required (or --leave-one-out, which trains its own)", file=sys.stderr)
+        return 2
     from aigi.training.evaluate import evaluate
 
     report = evaluate(
@@ -101,18 +107,63 @@ def _eval(args: argparse.Namespace) -> int:
         device=args.device,
         allow_outside_root=args.allow_outside_root,
         progress=not args.quiet,
+        open_set_keep=args.open_set_keep,
     )
     test = report["test"]
     keys: tuple[str, ...] = ("accuracy", "real_accuracy", "fake_accuracy", "average_precision", "roc_auc")
     keys += ("attribution_accuracy", "attribution_accuracy_fakes")
     summary = {k: round(test[k], 4) for k in keys if test.get(k) is not None}
     summary["threshold"] = round(report["threshold"], 6)
+    open_set = report.get("open_set") or {}
+    if open_set.get("test"):
+        summary["open_set_threshold"] = round(open_set["threshold"], 6)
+        summary["test_unknown_share"] = open_set["test"]["unknown_share"]
+        summary["attribution_accuracy_named"] = open_set["test"]["attribution_accuracy_named"]
     print(json.dumps(summary))
     if "robustness" in report:
         for name, row in report["robustness"].items():
             print(f"  {name:15s} " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if v is not None))
     print(f"wrote {args.out}/REPORT.md and report.json; threshold stored in {args.checkpoint}/aigi.json")
     return 0
+
+
+def _leave_one_out(args: argparse.Namespace) -> int:
+    from aigi.training.leave_one_out import MARKDOWN_FILENAME, LeaveOneOutConfig, run_leave_one_out
+
+    if args.checkpoint is not None or args.robustness:
+        print(
+            "aigi eval: error: --leave-one-out trains its own models; drop --checkpoint/--robustness", file=sys.stderr
+        )
+        return 2
+    config = LeaveOneOutConfig(
+        model=args.model,
+        task=args.task,
+        epochs=args.epochs,
+        max_train_images=args.max_train_images,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        aug_jpeg=args.aug_jpeg,
+        aug_blur=args.aug_blur,
+        aug_resize=args.aug_resize,
+        target_fpr=args.target_fpr,
+        held_out=tuple(args.held_out) if args.held_out else None,
+        allow_outside_root=args.allow_outside_root,
+        workers=args.workers,
+        threads=args.threads,
+        device=args.device,
+    )
+    document = run_leave_one_out(args.data, args.out, config, progress=not args.quiet)
+    for fold in document["folds"]:
+        values = {k: fold[k] for k in ("unseen_detection", "unseen_auroc", "known_vs_unknown_auroc")}
+        print(json.dumps({"held_out": fold["held_out"], **{k: _round(v) for k, v in values.items()}}))
+    print(json.dumps({k: _round(v) for k, v in document["summary"].items()}))
+    print(f"wrote {args.out}/{MARKDOWN_FILENAME}, leave_one_out.json and leave_one_out.png")
+    return 0
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -141,11 +192,25 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_set_keep(text: str) -> float:
+    value = _probability(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def _probability(text: str) -> float:
@@ -155,7 +220,7 @@ def _probability(text: str) -> float:
     return value
 
 
-def _add_degradations(parser: argparse.ArgumentParser) -> None:
+def _add_degradations(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--aug-jpeg/--aug-blur/--aug-resize P`` and ``--no-aug-...`` (P = 0): the default recipe has all three on."""
     from aigi.training.augment import DEFAULT_AUG_BLUR, DEFAULT_AUG_JPEG, DEFAULT_AUG_RESIZE
 
@@ -183,6 +248,15 @@ def _add_synth(data_sub) -> None:
     parser.add_argument("--size", type=int, default=256, help="image side, a multiple of 8")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument(
+        "--generators",
+        type=_name_list,
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated simulated generators to build (default: all seven: gan_tconv, upsample_nearest, "
+        "upsample_bilinear, ldm_autoencoder with periodic traces; decoder_nonperiodic, diffusion_refine with none; "
+        "inpaint_region, one region only); a generator's images are the same whichever others are built",
+    )
     parser.set_defaults(handler=_synth)
 
 
@@ -237,18 +311,57 @@ def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a run directory; calibrate its threshold on val",
-        description="Score the test split, pick the threshold on val for a target FPR and store it in aigi.json.",
+        description="Score the test split, pick the threshold on val for a target FPR and store it in aigi.json. "
+        "With --leave-one-out: for each generator, train a model without it, calibrate on val without it and "
+        "test real images against it (leave_one_out.json, LEAVE_ONE_OUT.md, leave_one_out.png).",
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory from 'aigi train'")
+    parser.add_argument(
+        "--checkpoint", default=None, help="run directory from 'aigi train' (required unless --leave-one-out)"
+    )
     parser.add_argument("--data", required=True, help="dataset folder")
     parser.add_argument("--out", required=True, help="report directory")
     parser.add_argument("--target-fpr", type=_probability, default=0.05, help="false-positive rate on val real images")
     parser.add_argument("--robustness", action="store_true", help="repeat the test under JPEG, blur and downscaling")
+    parser.add_argument(
+        "--open-set-keep",
+        type=_open_set_keep,
+        default=0.95,
+        help="attribution models: share of val's known fakes (those flagged fake) that keep their generator's name; "
+        "a flagged fake less confident than the threshold this picks is served as 'unknown' (default 0.95)",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default=None)
     _add_allow_outside_root(parser)
+    _add_leave_one_out(parser)
     parser.set_defaults(handler=_eval)
+
+
+def _add_leave_one_out(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "leave one generator out",
+        "--leave-one-out trains one model per held-out generator (the 'aigi train' recipe, with the budget below), "
+        "fits temperature and threshold on val without that generator, and reports its detection rate at that "
+        "threshold, AUROC real vs it, and (source task) the known-vs-unknown AUROC of the open-set score",
+    )
+    group.add_argument("--leave-one-out", action="store_true", help="run the protocol instead of evaluating a run")
+    group.add_argument("--model", default="tiny", help="preset, local CLIP directory or HF id (default tiny)")
+    group.add_argument("--task", choices=("binary", "source"), default="source")
+    group.add_argument("--epochs", type=_positive_int, default=12, help="epochs per fold (default 12)")
+    group.add_argument(
+        "--max-train-images", type=_positive_int, default=None, help="subsample each fold's training images"
+    )
+    group.add_argument("--lr", type=float, default=None, help="peak learning rate (default: as 'aigi train')")
+    group.add_argument("--seed", type=int, default=0)
+    _add_degradations(group)
+    group.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    group.add_argument(
+        "--held-out",
+        type=_name_list,
+        default=None,
+        metavar="A,B,...",
+        help="generators to hold out, one fold each (default: every generator of the data)",
+    )
 
 
 def _add_explain(subparsers) -> None:
