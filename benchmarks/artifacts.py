@@ -5,7 +5,9 @@ An :class:`ArtifactStore` wraps one checkpoint directory. Speed needs no trained
 preset (:func:`random_checkpoint`) and builds a second store from it. Triton repositories come from
 :func:`aigi.export.pipeline.run_export` (the same code as ``aigi export``); every needed precision is
 exported into one repository under its own prefix (``aigi`` FP32, ``aigi_int8`` INT8), so one server serves
-them all. In-process ONNX Runtime then loads the very files Triton serves.
+them all. In-process ONNX Runtime then loads the very files Triton serves. The ``triton-torch-*`` runtimes ask
+for ``aigi_torch`` networks (``--backend torch``; :func:`torch_prefix`): each is exported into the same repository
+when first asked for and loaded into the running server.
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ logger = logging.getLogger(__name__)
 
 PREFIXES = {"fp32": "aigi", "int8": "aigi_int8"}
 SERVABLE_BACKEND = "cpu"  # the nvidia-pytriton server has only the Python backend
+TORCH_BACKEND = "torch"  # aigi_torch: the checkpoint run by PyTorch in the Python backend (GPU when there is one)
+
+
+def torch_prefix(precision: str, compile_mode: str = "none") -> str:
+    """The prefix the store exports a torch network under: ``aigi_torch``, ``aigi_torch_bf16``,
+    ``aigi_torch_bf16_graphs`` (``compile_mode`` reduce-overhead), ``aigi_torch_bf16_max_autotune``."""
+    suffix = "" if precision == "fp32" else f"_{precision}"
+    if compile_mode != "none":
+        suffix += "_" + ("graphs" if compile_mode == "reduce-overhead" else compile_mode.replace("-", "_"))
+    return f"aigi_torch{suffix}"
+
+
+def served_key(precision: str, backend: str = SERVABLE_BACKEND, compile_mode: str = "none") -> str:
+    """The store's key of a served network: the precision for ``aigi_cpu``, else ``torch:PRECISION:COMPILE``."""
+    return precision if backend == SERVABLE_BACKEND else f"{backend}:{precision}:{compile_mode}"
 
 
 def random_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Path:
@@ -94,6 +111,21 @@ class ServedRepo:
         return self.server.admin_headers
 
 
+class ServedView:
+    """The store as the Triton runtimes of one served network see it: :meth:`triton` answers with that network
+    (``aigi_torch`` with ``compile_mode``); everything else is the store's."""
+
+    def __init__(self, store: ArtifactStore, backend: str, compile_mode: str = "none") -> None:
+        self._store, self.backend, self.compile_mode = store, backend, compile_mode
+
+    def triton(self, precision: str) -> ServedRepo:
+        """The served network of this view's backend in ``precision`` (see :meth:`ArtifactStore.triton`)."""
+        return self._store.triton(precision, self.backend, self.compile_mode)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class ArtifactStore:
     """Lazily built artifacts of one checkpoint.
 
@@ -131,6 +163,7 @@ class ArtifactStore:
         self._served: dict[str, ServedRepo] = {}
         self._servers: list[Any] = []
         self._triton_error: str | None = None
+        self._torch_errors: dict[str, str] = {}  # served_key -> why that torch network could not be served
         self.export_seconds = 0.0
 
     # -- weights -------------------------------------------------------------------------------
@@ -188,39 +221,53 @@ class ArtifactStore:
 
     # -- Triton --------------------------------------------------------------------------------
 
-    def triton(self, precision: str) -> ServedRepo:
-        """The running server whose repository has a network of ``precision`` (started on first use).
+    def served_view(self, backend: str, compile_mode: str = "none") -> ServedView:
+        """This store as the runtimes of the ``backend`` network (``torch``) see it."""
+        return ServedView(self, backend, compile_mode)
+
+    def triton(self, precision: str, backend: str = SERVABLE_BACKEND, compile_mode: str = "none") -> ServedRepo:
+        """The running server whose repository has a ``backend`` network of ``precision`` (started on first use).
+
+        A torch network missing from the store's own repository is exported into it and loaded then.
 
         Raises:
             RuntimeUnavailableError: no such repository, the export failed or the server did not start.
         """
+        key = served_key(precision, backend, compile_mode)
         if self._triton_error:
             raise RuntimeUnavailableError(self._triton_error)
         if not self._served:
             try:
-                self._start_servers()
+                self._start_servers((backend, precision, compile_mode))
             except AigiError as exc:
                 self._triton_error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
                 logger.debug("Triton unavailable", exc_info=True)
                 raise RuntimeUnavailableError(self._triton_error) from exc
-        if precision not in self._served:
+        if key not in self._served and backend == TORCH_BACKEND and not self.user_repos:
+            self._serve_torch(precision, compile_mode)
+        if key not in self._served:
             have = ", ".join(sorted(self._served)) or "none"
-            raise RuntimeUnavailableError(f"no served repository has a {precision} network (have: {have})")
-        return self._served[precision]
+            raise RuntimeUnavailableError(f"no served repository has a {key} network (have: {have})")
+        return self._served[key]
 
-    def _start_servers(self) -> None:
+    def _start_servers(self, first: tuple[str, str, str] = (SERVABLE_BACKEND, "fp32", "none")) -> None:
         from aigi.server import TritonServer
 
-        repos = self.user_repos or [self._export_repository()]
+        repos = self.user_repos or [self._export_repository(first)]
         for repo in repos:
-            entries = _cpu_exports(repo)
+            torch_entries = _torch_exports(repo)
+            entries = {**_cpu_exports(repo), **torch_entries}
             if not entries:
-                raise RuntimeUnavailableError(f"{repo}: no CPU (aigi_cpu) network in its MANIFEST.json to serve here")
+                raise RuntimeUnavailableError(
+                    f"{repo}: no aigi_cpu or aigi_torch network in its MANIFEST.json to serve here"
+                )
             server = TritonServer(repo)
             self._servers.append(server)
             server.start()
             server.wait_ready(timeout=300)
-            for prefix, entry in entries.items():
+            for prefix, entry in torch_entries.items():
+                self._register_torch(server, repo, prefix, entry)
+            for prefix, entry in _cpu_exports(repo).items():
                 precision = entry.get("precision", "fp32")
                 if precision in self._served:
                     continue
@@ -240,28 +287,75 @@ class ArtifactStore:
             if graph.is_file() and source and Path(source).resolve() == self.checkpoint.resolve():
                 self._onnx.setdefault(precision, graph)
 
-    def _export_repository(self) -> Path:
+    def _export_repository(self, first: tuple[str, str, str] = (SERVABLE_BACKEND, "fp32", "none")) -> Path:
+        """The store's repository: an ``aigi_cpu`` network per CPU precision asked for, and the torch network of
+        ``first`` (the request that starts the server) when it is one."""
+        repo = self.workdir / "model_repository"
+        for precision in sorted(p for p in self.triton_precisions or {"fp32"} if p in PREFIXES):
+            self._export(repo, SERVABLE_BACKEND, precision)
+        backend, precision, compile_mode = first
+        if backend == TORCH_BACKEND:
+            self._export(repo, backend, precision, compile_mode)
+        return repo
+
+    def _export(self, repo: Path, backend: str, precision: str, compile_mode: str = "none") -> str:
+        """Export this checkpoint's ``backend`` network into ``repo`` (as ``aigi export`` does); returns its prefix."""
         import time
 
         from aigi.export.pipeline import ExportOptions, run_export
 
-        repo = self.workdir / "model_repository"
+        prefix = PREFIXES[precision] if backend == SERVABLE_BACKEND else torch_prefix(precision, compile_mode)
+        logger.info("exporting %s (%s %s) for Triton cells (%s)", prefix, backend, precision, self.checkpoint)
         started = time.perf_counter()
-        for precision in sorted(self.triton_precisions or {"fp32"}):
-            logger.info("exporting the %s repository for Triton cells (%s)", precision, self.checkpoint)
-            options = ExportOptions(
-                checkpoint=self.checkpoint,
-                repo=repo,
-                backend=SERVABLE_BACKEND,
-                name=PREFIXES[precision],
-                precision=precision,
-                max_batch=self.max_batch,
-                time_optimizations=False,
-                intra_op_threads=self.triton_threads,
-            )
-            run_export(options, echo=logger.debug, show_progress=False)
+        options = ExportOptions(
+            checkpoint=self.checkpoint,
+            repo=repo,
+            backend=backend,
+            name=prefix,
+            precision=precision,
+            max_batch=self.max_batch,
+            time_optimizations=False,
+            intra_op_threads=self.triton_threads,
+            compile=compile_mode,
+        )
+        run_export(options, echo=logger.debug, show_progress=False)
         self.export_seconds += time.perf_counter() - started
-        return repo
+        return prefix
+
+    def _serve_torch(self, precision: str, compile_mode: str) -> None:
+        """Export the torch network into the running server's repository and load it there (repository API)."""
+        from aigi.export.versions import load_model
+
+        key = served_key(precision, TORCH_BACKEND, compile_mode)
+        if key in self._torch_errors:  # a second runtime of the same network: no second export
+            raise RuntimeUnavailableError(self._torch_errors[key])
+        server = self._servers[0]
+        repo = self.workdir / "model_repository"
+        try:
+            prefix = self._export(repo, TORCH_BACKEND, precision, compile_mode)
+            load_model(server.endpoints["http_url"], prefix, server.admin_key)
+        except AigiError as exc:
+            why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}"
+            self._torch_errors[key] = f"aigi_torch {precision} (compile {compile_mode}): {why}"
+            raise RuntimeUnavailableError(self._torch_errors[key]) from exc
+        self._register_torch(server, repo, prefix, _torch_exports(repo)[prefix])
+
+    def _register_torch(self, server: Any, repo: Path, prefix: str, entry: dict) -> None:
+        network = entry.get("network_model", f"{prefix}_{TORCH_BACKEND}")
+        parameters = _network_parameters(repo, network)
+        key = served_key(entry.get("precision", "fp32"), TORCH_BACKEND, parameters.get("compile") or "none")
+        self._served.setdefault(
+            key,
+            ServedRepo(
+                server=server,
+                repo=repo,
+                ensemble_model=prefix,
+                network_model=network,
+                num_labels=self.meta.num_labels,
+                image_size=self.image_size,
+                intra_op_threads=int(parameters.get("intra_op_threads") or 0),
+            ),
+        )
 
     def close(self) -> None:
         """Stop every server this store started."""
@@ -284,6 +378,25 @@ def _cpu_exports(repo: Path) -> dict[str, dict]:
         for prefix, entry in (manifest.get("exports") or {}).items()
         if entry.get("backend") == SERVABLE_BACKEND
     }
+
+
+def _torch_exports(repo: Path) -> dict[str, dict]:
+    """Prefixes of a repository whose network is the torch model (``--backend torch``), from its ``MANIFEST.json``."""
+    from aigi.manifest import read_manifest
+
+    exports = (read_manifest(repo) or {}).get("exports") or {}
+    return {prefix: entry for prefix, entry in exports.items() if entry.get("backend") == TORCH_BACKEND}
+
+
+def _network_parameters(repo: Path, network_model: str) -> dict[str, str]:
+    """The string parameters of a network model's config (empty when it cannot be read)."""
+    from aigi.export.triton_config import config_from_proto, parse_config
+
+    path = repo / network_model / "config.pbtxt"
+    try:
+        return dict(config_from_proto(parse_config(path.read_text(), str(path))).parameters)
+    except (OSError, AigiError):
+        return {}
 
 
 def _intra_op_threads(repo: Path, network_model: str) -> int | None:

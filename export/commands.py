@@ -29,16 +29,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint to ONNX / TensorRT and write a Triton model repository",
         description="Export a run directory to ONNX (checked against PyTorch), derive FP16 / INT8 / TensorRT "
-        "variants as the backend needs, and write a Triton model repository (docs/CONTRACT.md).",
+        "variants as the backend needs, and write a Triton model repository (docs/CONTRACT.md). --backend torch "
+        "serves the run directory itself with PyTorch (checked the same way) instead of an ONNX graph.",
     )
     export.add_argument("--checkpoint", required=True, type=Path, help="run directory (model.safetensors + aigi.json)")
     export.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository to write")
-    export.add_argument("--backend", required=True, choices=("cpu", "onnx", "trt"), help="which network model to serve")
+    export.add_argument(
+        "--backend",
+        required=True,
+        choices=("cpu", "onnx", "trt", "torch"),
+        help="which network model to serve: cpu (ONNX Runtime in Triton's Python backend, the wheel's server), torch "
+        "(the checkpoint run by PyTorch in the Python backend, on a GPU when there is one: the wheel's server on a GPU "
+        "workstation), onnx or trt (GPU backends of NVIDIA's Triton container)",
+    )
     export.add_argument("--name", default="aigi", help="model name prefix (default: aigi)")
     export.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "int8"),
-        help="network precision: cpu fp32|int8 (default fp32), onnx fp32|fp16 (default fp32), trt fp16",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        help="network precision: cpu fp32|int8 (default fp32), onnx fp32|fp16 (default fp32), trt fp16, torch "
+        "fp32|bf16|fp16 (default fp32; bf16/fp16 are CUDA autocast, refused on the CPU)",
+    )
+    export.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="--backend torch: where the network runs (default auto: the GPU when PyTorch sees one, else the CPU)",
+    )
+    export.add_argument(
+        "--compile",
+        choices=("none", "default", "reduce-overhead", "max-autotune"),
+        default="none",
+        help="--backend torch: torch.compile mode (reduce-overhead adds CUDA graphs); each batch size the server "
+        "runs is compiled while the model loads, tens of seconds or more (default none: eager PyTorch)",
     )
     export.add_argument("--max-batch", type=int, default=32, help="max_batch_size and TensorRT profile max")
     export.add_argument("--opt-batch", type=int, help="TensorRT profile optimum (default: max-batch / 2)")
@@ -52,7 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--parity-images", type=int, default=8, help="how many real images to check (default 8)")
     export.add_argument("--all-variants", action="store_true", help="build and check FP16 and INT8 even if not served")
     export.add_argument("--no-timing", action="store_true", help="skip timing ONNX Runtime's optimization levels")
-    export.add_argument("--intra-op-threads", type=int, default=0, help="aigi_cpu: ONNX Runtime threads (0: default)")
+    export.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="CPU threads of the network model: ONNX Runtime's (cpu) or PyTorch's (torch) (0: their default)",
+    )
     export.add_argument(
         "--min-agreement",
         type=float,
@@ -201,6 +228,8 @@ def _export(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         serving=_serving(args),
         keep_versions=args.keep_versions,
+        device=args.device,
+        compile=args.compile,
     )
     report = run_export(options)
     print(f"wrote {args.repo} ({report.backend}, {report.precision}); report: {args.repo}/{args.name}_EXPORT.md")
@@ -265,7 +294,7 @@ def _repo_versions(args: argparse.Namespace) -> int:
     print(f"{'version':>7}  {'state':<9}  {'created':<24}  {'network sha256':<14}  metrics / checkpoint")
     for row in rows:
         hashes = row.get("network_sha256") or {}
-        digest = (hashes.get("model.onnx") or hashes.get("model.plan") or "")[:12]
+        digest = (hashes.get("model.onnx") or hashes.get("model.plan") or hashes.get("model.safetensors") or "")[:12]
         metrics = json.dumps(row.get("metrics") or {}, separators=(",", ":"))[:60]
         print(f"{row['version']:>7}  {row['state']:<9}  {row.get('created', ''):<24}  {digest:<14}  {metrics}")
         print(f"{'':>7}  {'':<9}  {'':<24}  {'':<14}  {row.get('checkpoint', '')}")

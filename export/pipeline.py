@@ -8,6 +8,10 @@ one error:
 ``export`` (FP32 ONNX, tolerance 1e-4 on probs) -> ``fp16`` -> ``int8`` -> ``optimize`` (ORT levels timed)
 -> ``trt`` (engine, or ``build_engine.sh`` where TensorRT or a GPU is missing) -> ``repository``.
 
+With ``--backend torch`` there is no ONNX: ``export`` stages the run directory as the network's files and checks
+:class:`aigi.export.torch_network.TorchNetwork` on them (the code ``aigi_torch`` serves with) against PyTorch,
+and the ONNX steps are skipped.
+
 Every parity check also needs argmax and is_fake agreement of at least :data:`aigi.export.parity.MIN_AGREEMENT`.
 A failed step can be run again alone: ``step_int8(prepare_context(options, folder))`` after ``step_fp32`` on the
 same context (each later step reads the files the earlier ones left in ``context.work``).
@@ -53,6 +57,10 @@ logger = logging.getLogger(__name__)
 # another level must beat ONNX Runtime's default (all) by this factor to be kept; timing noise is larger than 1.0
 OPT_LEVEL_MARGIN = 1.10
 INT8_FILENAME = "model.int8.onnx"
+NO_ONNX = "--backend torch serves the checkpoint with PyTorch, no ONNX graph"
+# probs tolerance of the torch network against FP32 PyTorch: FP32 as the ONNX graph; autocast as the FP16 graph, and
+# bf16 (8 mantissa bits to FP16's 11) twice that
+TORCH_TOLERANCES = {"fp32": parity.TOLERANCES["fp32"], "fp16": parity.TOLERANCES["fp16"], "bf16": 2e-2}
 
 
 @dataclass
@@ -78,6 +86,8 @@ class ExportOptions:
     min_agreement: float = parity.MIN_AGREEMENT
     keep_versions: int = 2  # versions of the network and preprocessing models Triton keeps loaded
     serving: ServingSettings = field(default_factory=ServingSettings)
+    device: str = "auto"  # --backend torch: auto|cpu|cuda
+    compile: str = "none"  # --backend torch: none or a torch.compile mode
 
     @property
     def resolved_precision(self) -> str:
@@ -172,16 +182,23 @@ class ExportContext:
     def trt_dir(self) -> Path:
         return self.work / "trt"
 
+    @property
+    def torch_dir(self) -> Path:
+        """The ``--backend torch`` network's files: the run directory's weights and ``aigi.json``."""
+        return self.work / "torch"
+
     def artifact(self, precision: str) -> Path:
         """Where the ONNX file of ``precision`` (fp32, fp16, int8) is written."""
         names = {"fp32": "model.onnx", "fp16": tensorrt_build.FP16_ONNX_FILENAME, "int8": INT8_FILENAME}
         return self.work / names[precision]
 
     def network_files(self) -> dict[str, Path]:
-        """The files of the served network model: the engine folder for trt, else the served ONNX."""
-        if self.options.backend != "trt":
+        """The files of the served network model: the engine folder for trt, the run directory's files for torch,
+        else the served ONNX."""
+        folder = {"trt": self.trt_dir, "torch": self.torch_dir}.get(self.options.backend)
+        if folder is None:
             return {"model.onnx": self.artifact(self.precision)}
-        return {p.name: p for p in sorted(self.trt_dir.iterdir()) if p.is_file()}
+        return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
 
     def check(self, artifact: str, run: Callable, tolerance: float) -> parity.ParityResult:
         """Run ``run`` on the parity batches and compare with PyTorch (see :func:`aigi.export.parity.check`)."""
@@ -204,6 +221,8 @@ def _repository_spec(options: ExportOptions, meta: CheckpointMeta, context: Expo
         max_queue_size=options.max_queue_size,
         queue_timeout_ms=options.queue_timeout_ms,
         serving=options.serving,
+        device=options.device,
+        compile=options.compile,
     )
 
 
@@ -263,9 +282,57 @@ def step_fp32(context: ExportContext) -> StepReport:
     return _onnx_check(context, report, "fp32")
 
 
+def step_export(context: ExportContext) -> StepReport:
+    """``export``: the served network, checked against PyTorch (:func:`step_torch` for ``--backend torch``, else
+    :func:`step_fp32`)."""
+    return step_torch(context) if context.options.backend == "torch" else step_fp32(context)
+
+
+def _torch_check_settings(context: ExportContext) -> tuple[Any, str]:
+    """The torch network's settings as this machine can check them, and what of the served ones goes unchecked.
+
+    Without a CUDA GPU here a network served on one is checked in FP32 on the CPU; compilation is left out (it
+    takes minutes, and changes which kernels run, not what they compute).
+    """
+    import torch
+
+    served = _repository_spec(context.options, context.meta, None).torch_settings()
+    check = dataclasses.replace(served, compile="none", intra_op_threads=0)
+    notes = []
+    if served.device != "cpu" and not torch.cuda.is_available():
+        check = dataclasses.replace(check, device="cpu", precision="fp32")
+        if served.precision != "fp32" or served.device == "cuda":
+            notes.append(f"no CUDA GPU here: checked fp32 on the CPU, not {served.precision} on the GPU it is for")
+    if served.compile != "none":
+        notes.append(f"checked without compile (served with compile={served.compile})")
+    return check, "; ".join(notes)
+
+
+def step_torch(context: ExportContext) -> StepReport:
+    """``export`` for ``--backend torch``: the run directory's weights and ``aigi.json`` staged as the network's
+    files, loaded by :class:`~aigi.export.torch_network.TorchNetwork` (what ``aigi_torch`` serves with) and checked
+    against PyTorch."""
+    from aigi.checkpoint import META_FILENAME, WEIGHTS_FILENAME
+    from aigi.export.torch_network import TorchNetwork
+
+    folder = context.torch_dir
+    folder.mkdir()
+    for filename in (WEIGHTS_FILENAME, META_FILENAME):
+        shutil.copy2(Path(context.options.checkpoint) / filename, folder / filename)
+    settings, unchecked = _torch_check_settings(context)
+    network = TorchNetwork(folder, settings, context.options.max_batch)
+    message = network.describe() + (f"; {unchecked}" if unchecked else "")
+    details = {"checked": dataclasses.asdict(settings), "unchecked": unchecked or None}
+    report = StepReport("export", StepStatus.OK, artifact=WEIGHTS_FILENAME, message=message, details=details)
+    tolerance = TORCH_TOLERANCES[settings.precision]
+    return _checked(report, context.check(f"torch {settings.precision} on {network.device}", network.run, tolerance))
+
+
 def step_fp16(context: ExportContext) -> StepReport:
     """``fp16``: the FP16 graph (GPU backends and TensorRT's source), checked against PyTorch."""
     options = context.options
+    if options.backend == "torch":
+        return _skipped("fp16", NO_ONNX)
     if not (options.all_variants or options.backend == "trt" or context.precision == "fp16"):
         return _skipped("fp16", "not needed for this backend (--all-variants to check it anyway)")
     path = context.artifact("fp16")
@@ -276,6 +343,8 @@ def step_fp16(context: ExportContext) -> StepReport:
 
 def step_int8(context: ExportContext) -> StepReport:
     """``int8``: the dynamically quantized graph for CPU serving, checked against PyTorch."""
+    if context.options.backend == "torch":
+        return _skipped("int8", NO_ONNX)
     if not (context.options.all_variants or context.precision == "int8"):
         return _skipped("int8", "not needed for this backend (--precision int8 or --all-variants)")
     path = context.artifact("int8")
@@ -287,7 +356,8 @@ def step_optimize(context: ExportContext) -> StepReport:
     """``optimize``: time ONNX Runtime's graph optimization levels on the served CPU graph and keep one."""
     options = context.options
     if options.backend != "cpu" or not options.time_optimizations:
-        why = "--no-timing" if options.backend == "cpu" else "GPU backends optimize at load on the server"
+        reasons = {"cpu": "--no-timing", "torch": NO_ONNX}
+        why = reasons.get(options.backend, "GPU backends optimize at load on the server")
         return _skipped("optimize", why)
     served, size = context.artifact(context.precision), context.meta.preprocessing.size
     timing = variants.time_optimization_levels(served, size, threads=options.intra_op_threads)
@@ -365,7 +435,7 @@ class Step(NamedTuple):
 
 
 PIPELINE = (
-    Step("export", step_fp32),
+    Step("export", step_export),
     Step("fp16", step_fp16),
     Step("int8", step_int8),
     Step("optimize", step_optimize),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aigi.errors import RepositoryError
+from aigi.export.torch_network import RUNTIME as TORCH_RUNTIME
 from aigi.export.triton_config import TensorSpec, TritonModelConfig, config_from_proto, parse_config
 from aigi.manifest import CONFIG_FILENAME, verify_manifest
 
@@ -187,7 +188,10 @@ CONTRACT_INPUTS: dict[str, tuple[str, tuple[int, ...] | None]] = {"image": ("TYP
 CONTRACT_OUTPUTS: dict[str, tuple[str, tuple[int, ...] | None]] = {
     "probs": ("TYPE_FP32", None),
     "p_fake": ("TYPE_FP32", (1,)),
+    "label_id": ("TYPE_INT64", (1,)),
 }
+# outputs a repository exported before they existed lacks; clients fall back without them (label_id: the argmax)
+OPTIONAL_OUTPUTS = frozenset({"label_id"})
 
 
 def _check_contract(name: str, config: TritonModelConfig, problems: list[str]) -> None:
@@ -198,7 +202,8 @@ def _check_contract(name: str, config: TritonModelConfig, problems: list[str]) -
         ("output", config.outputs, CONTRACT_OUTPUTS),
     ):
         names = [spec.name for spec in specs]
-        if sorted(names) != sorted(contract):
+        optional = OPTIONAL_OUTPUTS - set(names) if kind == "output" else frozenset()
+        if sorted(names) != sorted(set(contract) - optional):
             problems.append(f"{where} ensemble {kind}s are {names}, the contract's are {list(contract)}")
         for spec in specs:
             data_type, dims = contract.get(spec.name, (spec.data_type, tuple(spec.dims)))
@@ -244,12 +249,39 @@ def _check_model(
                 problems.append(f"{vwhere}/{onnx_path.name}: missing (parameter onnx_file)")
             else:
                 _check_against_onnx(f"{vwhere}/{onnx_path.name}", config, onnx_path, problems)
+        if platform == "python" and config.parameters.get("runtime") == TORCH_RUNTIME:
+            _check_torch_network(vwhere, config, version, problems)
         if platform == "tensorrt_plan":
             fp16 = version / "model.fp16.onnx"
             if fp16.is_file():  # the engine's own tensors need TensorRT to read; its source graph does not
                 _check_against_onnx(f"{vwhere}/{fp16.name}", config, fp16, problems)
     if platform == "ensemble":
         _check_ensemble_parameters(directory, config, problems)
+
+
+def _check_torch_network(where: str, config: TritonModelConfig, version: Path, problems: list[str]) -> None:
+    """A ``--backend torch`` network: its settings, and a run directory whose labels match ``probs``."""
+    from aigi.checkpoint import META_FILENAME, WEIGHTS_FILENAME, load_meta
+    from aigi.errors import CheckpointError, SettingsError
+    from aigi.export.torch_network import TorchNetSettings
+
+    try:
+        TorchNetSettings.from_parameters(config.parameters)
+    except SettingsError as exc:
+        problems.append(f"{where}: {exc}")
+    for filename in (WEIGHTS_FILENAME, META_FILENAME):
+        if not (version / filename).is_file():
+            problems.append(f"{where}/{filename}: missing (the torch network's run directory)")
+    if not (version / META_FILENAME).is_file():
+        return
+    try:
+        classes = load_meta(version).num_labels
+    except CheckpointError as exc:
+        problems.append(f"{where}/{META_FILENAME}: {exc}")
+        return
+    probs = config.output("probs")
+    if probs is not None and tuple(probs.dims) != (classes,):
+        problems.append(f"{where}: output 'probs' has dims {list(probs.dims)} but {META_FILENAME} has {classes} labels")
 
 
 def _check_ensemble_parameters(directory: Path, config: TritonModelConfig, problems: list[str]) -> None:

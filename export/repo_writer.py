@@ -1,8 +1,10 @@
 """Write the Triton model repository of docs/CONTRACT.md from typed configs, atomically.
 
-Models (``--name P`` replaces the ``aigi`` prefix): the ensemble ``P`` (image bytes -> ``probs``, ``p_fake``),
+Models (``--name P`` replaces the ``aigi`` prefix): the ensemble ``P`` (image bytes -> ``probs``, ``p_fake``,
+``label_id``),
 ``P_preprocess`` (Python backend), and one network model: ``P_cpu`` (Python backend running ONNX Runtime),
-``P_onnx`` (onnxruntime backend, GPU) or ``P_trt`` (TensorRT plan).
+``P_torch`` (Python backend running the checkpoint with PyTorch, on a GPU when there is one), ``P_onnx``
+(onnxruntime backend, GPU) or ``P_trt`` (TensorRT plan).
 
 Everything is staged in a folder beside the repository and moved into place at the end; a failed export
 leaves the previous repository as it was.
@@ -24,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aigi.checkpoint import CheckpointMeta
-from aigi.errors import ExportError
+from aigi.errors import ExportError, SettingsError
 from aigi.export.onnx_export import INPUT_NAME
 from aigi.export.settings import ServingSettings
+from aigi.export.torch_network import TorchNetSettings
 from aigi.export.triton_config import (
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_QUEUE_TIMEOUT_MS,
@@ -44,13 +47,23 @@ from aigi.export.triton_config import (
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("cpu", "onnx", "trt")
-PRECISIONS = {"cpu": ("fp32", "int8"), "onnx": ("fp32", "fp16"), "trt": ("fp16",)}
-DEFAULT_PRECISION = {"cpu": "fp32", "onnx": "fp32", "trt": "fp16"}
+BACKENDS = ("cpu", "onnx", "trt", "torch")
+PRECISIONS = {"cpu": ("fp32", "int8"), "onnx": ("fp32", "fp16"), "trt": ("fp16",), "torch": ("fp32", "bf16", "fp16")}
+DEFAULT_PRECISION = {"cpu": "fp32", "onnx": "fp32", "trt": "fp16", "torch": "fp32"}
+# the Python-backend network models: their model.py, with network_common.py (batching, metrics, labels) beside it
+PYTHON_NETWORKS = ("cpu", "torch")
 LABELS_FILENAME = "labels.txt"
+# the served label index: 0..C-1 name labels.txt's lines, C means ``unknown`` (open-set attribution); labels.txt keeps
+# the C class names only, since it names the entries of ``probs``
+LABEL_OUTPUT = "label_id"
 WARMUP_FOLDER = "warmup"  # Triton reads a warm-up input_data_file from this subfolder of the model folder
 WARMUP_IMAGE = "image.png"
-PYTHON_MODEL_SOURCES = {"preprocess": "preprocess.py", "cpu": "onnx_cpu.py"}
+PYTHON_MODEL_SOURCES = {
+    "preprocess": "preprocess.py",
+    "cpu": "onnx_cpu.py",
+    "torch": "torch_net.py",
+    "network_common": "network_common.py",
+}
 # aigi_preprocess carries the few core modules it imports, and runs them rather than an installed aigi
 VENDORED_CORE = ("__init__.py", "errors.py", "preprocessing.py")
 # Beside every Python source in a model folder, a *file* named __pycache__: Python can then neither write nor read
@@ -75,7 +88,7 @@ def model_names(prefix: str) -> dict[str, str]:
 
 
 def python_model_source(kind: str) -> Path:
-    """The Python-backend source for ``kind`` (``preprocess`` or ``cpu``) from the ``aigi.triton_models`` package.
+    """The Python-backend source for ``kind`` (a key of :data:`PYTHON_MODEL_SOURCES`) from ``aigi.triton_models``.
 
     Raises:
         ExportError: the source file is missing from the installed package.
@@ -117,6 +130,8 @@ class RepositorySpec:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
     serving: ServingSettings = field(default_factory=ServingSettings)
+    device: str = "auto"  # --backend torch: where aigi_torch runs (aigi.export.torch_network)
+    compile: str = "none"  # --backend torch: torch.compile mode
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -136,6 +151,25 @@ class RepositorySpec:
             raise ExportError(f"--name must be letters, digits, '_' or '-', got {self.prefix!r}")
         written = {"ensemble": self.names["ensemble"], "preprocess": self.names["preprocess"]}
         self.serving.validate(self.max_batch, {**written, "network": self.network_name})
+        self._check_torch()
+
+    def _check_torch(self) -> None:
+        if self.backend != "torch":
+            if (self.device, self.compile) != ("auto", "none"):
+                raise ExportError("--device and --compile apply to --backend torch only")
+            return
+        try:
+            self.torch_settings()
+        except SettingsError as exc:
+            raise ExportError(f"--backend torch: {exc}") from exc
+
+    def torch_settings(self) -> TorchNetSettings:
+        """The ``--backend torch`` network's settings (its config parameters).
+
+        Raises:
+            SettingsError: a value outside its choices, or bf16/fp16 with ``--device cpu``.
+        """
+        return TorchNetSettings(self.device, self.precision, self.compile, self.intra_op_threads)
 
     @property
     def names(self) -> dict[str, str]:
@@ -206,6 +240,7 @@ PUBLIC_META_KEYS = (
     "preprocessing",
     "threshold",
     "calibration",
+    "open_set",
     "metrics",
     "architecture",
     "training",
@@ -279,7 +314,7 @@ def public_meta(meta: dict) -> dict:
 
 
 def ensemble_config(spec: RepositorySpec) -> TritonModelConfig:
-    """The ensemble ``P``: ``image`` bytes -> preprocess -> network -> ``probs``, ``p_fake``."""
+    """The ensemble ``P``: ``image`` bytes -> preprocess -> network -> ``probs``, ``p_fake``, ``label_id``."""
     meta = spec.meta
     return TritonModelConfig(
         name=spec.names["ensemble"],
@@ -289,10 +324,15 @@ def ensemble_config(spec: RepositorySpec) -> TritonModelConfig:
         outputs=[
             TensorSpec("probs", "TYPE_FP32", (meta.num_labels,), label_filename=LABELS_FILENAME),
             TensorSpec("p_fake", "TYPE_FP32", (1,)),
+            TensorSpec(LABEL_OUTPUT, "TYPE_INT64", (1,)),
         ],
         ensemble_steps=[
             EnsembleStep(spec.names["preprocess"], {"image": "image"}, {INPUT_NAME: INPUT_NAME}),
-            EnsembleStep(spec.network_name, {INPUT_NAME: INPUT_NAME}, {"probs": "probs", "p_fake": "p_fake"}),
+            EnsembleStep(
+                spec.network_name,
+                {INPUT_NAME: INPUT_NAME},
+                {"probs": "probs", "p_fake": "p_fake", LABEL_OUTPUT: LABEL_OUTPUT},
+            ),
         ],
         parameters={
             "threshold": repr(float(meta.threshold)),
@@ -321,7 +361,7 @@ def preprocess_config(spec: RepositorySpec) -> TritonModelConfig:
 
 
 def network_config(spec: RepositorySpec) -> TritonModelConfig:
-    """The network model: ``pixel_values`` -> ``logits``, ``probs``, ``p_fake``, per backend."""
+    """The network model: ``pixel_values`` -> ``logits``, ``probs``, ``p_fake``, ``label_id``, per backend."""
     classes = spec.meta.num_labels
     config = TritonModelConfig(
         name=spec.network_name,
@@ -331,6 +371,7 @@ def network_config(spec: RepositorySpec) -> TritonModelConfig:
             TensorSpec("logits", "TYPE_FP32", (classes,)),
             TensorSpec("probs", "TYPE_FP32", (classes,), label_filename=LABELS_FILENAME),
             TensorSpec("p_fake", "TYPE_FP32", (1,)),
+            TensorSpec(LABEL_OUTPUT, "TYPE_INT64", (1,)),
         ],
         dynamic_batching=_batching(spec),
         warmups=_network_warmups(spec),
@@ -348,6 +389,12 @@ def network_config(spec: RepositorySpec) -> TritonModelConfig:
                 **(spec.python_env or {}),
             }
         )
+    elif spec.backend == "torch":
+        # KIND_CPU: the model picks its device itself (parameter device), so the same repository loads on a
+        # machine without a GPU; a KIND_GPU override puts each instance on the GPU Triton assigns it
+        config.backend = "python"
+        config.instance_groups = [InstanceGroup("KIND_CPU", count)]
+        config.parameters.update({**spec.torch_settings().parameters(), **(spec.python_env or {})})
     elif spec.backend == "onnx":
         config.backend = "onnxruntime"
         config.default_model_filename = "model.onnx"
@@ -417,8 +464,9 @@ def stage_models(staging: str | Path, spec: RepositorySpec, version: int = 1, ke
     preprocess_files.update({f"1/aigi/{name}": core / name for name in VENDORED_CORE})
     _write_model(staging, preprocess, preprocess_files, None)
     network_files = {f"1/{name}": Path(source) for name, source in spec.network.files.items()}
-    if spec.backend == "cpu":
-        network_files["1/model.py"] = python_model_source("cpu")
+    if spec.backend in PYTHON_NETWORKS:
+        network_files["1/model.py"] = python_model_source(spec.backend)
+        network_files["1/network_common.py"] = python_model_source("network_common")
     _write_model(staging, network, network_files, spec.meta.labels)
     _number_version(staging, {ensemble.name: 1, preprocess.name: keep_versions, network.name: keep_versions}, version)
     return [ensemble.name, preprocess.name, network.name]
