@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite: `aigi bench` over vit-b-32, vit-b-16 and vit-l-14 with every runtime this machine has,
-# on one H100/H200-class GPU, in about 8 minutes including setup. Run from the repository root:
+# on one H100/H200-class GPU, in about 6-7 minutes including setup. Run from the repository root:
 #
 #     bash benchmarks/gpu_suite.sh OUT_DIR
 #
 # Nothing is downloaded: the repository itself is installed with `pip install --no-deps -e .` into the machine's
-# Python (or put on the path through a small shim when pip cannot), and every runtime whose package is missing
-# (TensorRT, onnxruntime-gpu, Triton) is listed as skipped, with its reason, in each model's BENCH.md.
-# Without a GPU it prints one line, writes OUT_DIR/skipped.json and exits 0.
+# Python (or put on the path through a small shim when pip cannot), the Triton cells use a carried server pack
+# (benchmarks/server_pack.py: tritonserver, its Python backend, tritonclient and numpy<2 for the backend stub) when
+# one is there, and every runtime whose package is missing (TensorRT, onnxruntime-gpu, Triton) is listed as
+# skipped, with its reason, in each model's BENCH.md. Without a GPU it prints one line, writes
+# OUT_DIR/skipped.json and exits 0.
 #
 # Environment:
 #   PYTHON            interpreter (default: python3)
 #   SUITE_MODELS      presets to run (default: "vit-b-32 vit-b-16 vit-l-14")
-#   SUITE_BUDGETS     seconds per model, same order (default: "110 130 170")
+#   SUITE_BUDGETS     seconds per model, same order (default: "80 90 170")
+#   SUITE_SERVER_PACK a server pack (folder or .tar.xz from `python -m aigi.benchmarks.server_pack build`);
+#                     default: .serverpack/*.tar.xz in the repository when there is one
 #   SUITE_CHECKPOINT  a run directory for agreement on trained weights (default: none, random-init parity)
 #   SUITE_PACK=1      leave only SUITE.md, suite.json and suite.tar.gz (everything) in OUT_DIR
 #   SUITE_ARGS        extra `aigi bench` flags for every model
@@ -22,7 +26,7 @@ set -uo pipefail
 OUT="${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR}"
 PYTHON="${PYTHON:-python3}"
 MODELS=(${SUITE_MODELS:-vit-b-32 vit-b-16 vit-l-14})
-BUDGETS=(${SUITE_BUDGETS:-110 130 170})
+BUDGETS=(${SUITE_BUDGETS:-80 90 170})
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STARTED=$(date +%s)
 mkdir -p "$OUT"
@@ -63,7 +67,7 @@ if [[ "${SUITE_NO_PIP:-0}" == "1" ]] ||
   # A shim package tree that maps aigi.* onto the repository's folders, as pyproject's package-dir does.
   SHIM="$(mktemp -d)"
   mkdir -p "$SHIM/aigi"
-  for f in "$REPO_ROOT"/aigi/*.py; do ln -s "$f" "$SHIM/aigi/"; done
+  for f in "$REPO_ROOT"/src/aigi/*.py "$REPO_ROOT"/src/aigi/py.typed; do ln -s "$f" "$SHIM/aigi/"; done
   ln -s "$REPO_ROOT/training" "$SHIM/aigi/training"
   ln -s "$REPO_ROOT/export" "$SHIM/aigi/export"
   ln -s "$REPO_ROOT/client" "$SHIM/aigi/client"
@@ -77,10 +81,25 @@ if ! "$PYTHON" -c 'import aigi.benchmarks.harness' >>"$OUT/install.log" 2>&1; th
   exit 1
 fi
 echo "gpu_suite: aigi from $INSTALL; models: ${MODELS[*]}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK" ${SHIM:+"$SHIM"}' EXIT
+
+# -- the Triton server: a carried pack when there is one, else whatever aigi finds (the wheel), else skipped ------
+PACK="${SUITE_SERVER_PACK:-$(ls "$REPO_ROOT"/.serverpack/*.tar.xz 2>/dev/null | head -n 1)}"
+SERVER="the nvidia-pytriton wheel if installed"
+if [[ -n "$PACK" ]]; then
+  if "$PYTHON" -m aigi.benchmarks.server_pack install "$PACK" --into "$WORK/serverpack" \
+    >"$WORK/serverpack.env" 2>"$WORK/serverpack.log"; then
+    source "$WORK/serverpack.env"
+    SERVER="pack $(basename "$PACK") ($(tail -n 1 "$WORK/serverpack.log" | sed 's/^server_pack: //'))"
+  else
+    SERVER="pack $(basename "$PACK") FAILED to install: $(tail -n 1 "$WORK/serverpack.log")"
+  fi
+  cat "$WORK/serverpack.log" >>"$OUT/install.log"
+fi
+echo "gpu_suite: Triton server: $SERVER"
 
 # -- one bench per model, each under its own time budget ----------------------------------------------------------
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
 if [[ "${SUITE_PACK:-0}" == "1" ]]; then RESULTS="$WORK/results"; else RESULTS="$OUT"; fi
 mkdir -p "$RESULTS"
 STATUS_JSON=""
@@ -89,18 +108,31 @@ for i in "${!MODELS[@]}"; do
   budget="${BUDGETS[$i]:-150}"
   dir="$RESULTS/$model"
   mkdir -p "$dir"
-  extra=()
-  if [[ "$model" != "vit-b-32" ]]; then
-    # a CPU pass over the larger towers would eat the whole budget; vit-b-32 carries the CPU comparison
-    extra+=(--exclude 'ort-cpu-*' --exclude-reason "CPU ONNX Runtime is measured on vit-b-32 only (time budget)")
-  fi
+  # The GPU runtimes (torch-*, ort-cuda-*, tensorrt-*, triton-torch-*: every one registered) run on every model;
+  # the CPU-backed ones (ONNX Runtime on the CPU, in-process or served by Triton as aigi_cpu) only on the small
+  # models, where a CPU pass fits the budget. INT8 and HTTP variants are the CPU story and are left out here.
+  case "$model" in
+    vit-l-14)  # the targets' batch first: the budget stops later cells, never these
+      sweep=(--batch-sizes 128,32 --concurrency 1,2)
+      leave='ort-cpu-*,triton-tensor-*,triton-bytes-*'
+      why="CPU-backed runtimes are measured on the small models only (time budget)" ;;
+    vit-b-16)
+      sweep=(--batch-sizes 32,8,1 --concurrency 1,2)
+      leave='ort-cpu-*,triton-tensor-*,triton-bytes-*'
+      why="CPU-backed runtimes are measured on the small models only (time budget)" ;;
+    *)
+      sweep=(--batch-sizes 1,8,32 --concurrency 1,2,4)
+      leave='ort-cpu-int8,triton-tensor-*-int8,triton-bytes-*-int8,triton-tensor-http-*,triton-bytes-http-*'
+      why="INT8 and HTTP variants are CPU-serving comparisons, left out of the GPU suite (time budget)" ;;
+  esac
+  extra=("${sweep[@]}" --exclude "$leave" --exclude-reason "$why")
   if [[ -n "${SUITE_CHECKPOINT:-}" ]]; then extra+=(--checkpoint "$SUITE_CHECKPOINT"); fi
   echo "gpu_suite: $model (budget ${budget}s)"
   t0=$(date +%s)
   # the harness stops starting cells once its budget is spent; timeout is the backstop for a stuck set-up
   timeout -k 10 $((budget + 60)) "$PYTHON" -m aigi.cli bench --model "$model" \
-    --batch-sizes 1,8,32 --concurrency 1,2,4 --duration 1.0 --min-iters 10 --warmup 5 \
-    --agreement-images 128 --budget "$budget" --workdir "$WORK/$model" --out "$dir" \
+    --duration 1.0 --min-iters 10 --warmup 5 --agreement-images 128 --budget "$budget" \
+    --workdir "$WORK/$model" --out "$dir" \
     "${extra[@]}" ${SUITE_ARGS:-} >"$dir/bench.log" 2>&1
   code=$?
   seconds=$(($(date +%s) - t0))
@@ -114,51 +146,9 @@ for i in "${!MODELS[@]}"; do
   STATUS_JSON+="${STATUS_JSON:+, }\"$model\": {\"status\": \"$(json_escape "$state")\", \"seconds\": $seconds, \"budget_s\": $budget}"
 done
 
-# -- the suite's summary: each model's headline rows and skips ----------------------------------------------------
-"$PYTHON" - "$RESULTS" "$OUT" "{${STATUS_JSON}}" "$INSTALL" "$(($(date +%s) - STARTED))" <<'PY'
-import json, sys
-from pathlib import Path
-
-results, out, status, install, total = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-lines = ["# aigi GPU suite", "", f"Installed: {install}. Total wall time: {total} s.", ""]
-suite = {"models": status, "install": install, "wall_s": total}
-env_done = False
-for model, entry in status.items():
-    lines += [f"## {model}: {entry['status']} ({entry['seconds']} s of {entry['budget_s']} s)", ""]
-    bench = results / model / "bench.json"
-    if not bench.is_file():
-        lines += ["No results written.", ""]
-        continue
-    data = json.loads(bench.read_text())
-    if not env_done:
-        env = data["environment"]
-        gpu = env.get("gpu") or {}
-        peak = data.get("gpu_peak") or {}
-        lines.insert(3, f"GPU: {gpu.get('name')} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}); "
-                        f"measured bf16 matmul peak {peak.get('tflops', float('nan')):.0f} TFLOP/s; "
-                        f"torch {env['libraries'].get('torch')}, onnxruntime {env['libraries'].get('onnxruntime')}.\n")
-        env_done = True
-    best = {}
-    for cell in data["cells"]:
-        if cell.get("status") == "ok" and cell["images_per_s"] > best.get(cell["runtime"], {}).get("images_per_s", 0):
-            best[cell["runtime"]] = cell
-    lines += ["| runtime | best images/s | batch | conc | p50 ms | speed-up | of GPU peak |", "|---|---|---|---|---|---|---|"]
-    for name, cell in best.items():
-        frac = cell.get("peak_fraction")
-        lines.append(f"| {name} | {cell['images_per_s']:.1f} | {cell['batch']} | {cell['concurrency']} | "
-                     f"{cell['p50_ms']:.2f} | {(cell.get('speedup') or float('nan')):.2f}x | "
-                     f"{'–' if frac is None else f'{100 * frac:.1f}%'} |")
-    skipped = {n: e["reason"] for n, e in data["runtimes"].items() if e["status"] != "ok"}
-    if skipped:
-        lines += ["", "Skipped: " + "; ".join(f"`{n}` ({r})" for n, r in skipped.items())]
-    if data.get("skipped_cells"):
-        lines.append(f"{len(data['skipped_cells'])} cells left out when the time budget ran out.")
-    lines += ["", f"Full table: {model}/BENCH.md", ""]
-    suite[model] = {"best": best, "skipped": skipped}
-(out / "SUITE.md").write_text("\n".join(lines) + "\n")
-(out / "suite.json").write_text(json.dumps(suite, indent=2, default=str) + "\n")
-print("\n".join(lines))
-PY
+# -- the suite's summary: each runtime's best cell, x eager FP32, fraction of the bf16 peak, skips, GPU targets ---
+"$PYTHON" -m aigi.benchmarks.suite_report "$RESULTS" "$OUT" "{${STATUS_JSON}}" "$INSTALL" "$SERVER" \
+  "$(($(date +%s) - STARTED))" || echo "gpu_suite: the summary failed (see above); per-model results are in place" >&2
 if [[ "${SUITE_PACK:-0}" == "1" ]]; then
   tar czf "$OUT/suite.tar.gz" -C "$RESULTS" . && rm -f "$OUT/install.log"
 fi

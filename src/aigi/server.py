@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -57,6 +58,11 @@ ADMIN_HEADER = "aigi-admin-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 PORT_RETRIES = 3
+# A copy of the wheel's server laid out as the wheel has it (``<pack>/pytriton/tritonserver`` beside
+# ``<pack>/nvidia_pytriton.libs``; benchmarks/server_pack.py builds one) used instead of the installed wheel's.
+TRITON_DIST_ENV = "AIGI_TRITON_DIST"
+# The Python environment the Python backend's models run in when TritonServer is given none (default sys.prefix).
+TRITON_PYTHON_ENV = "AIGI_TRITON_PYTHON"
 # errors a CPU-only host always logs; they say nothing about why a server failed
 _HARMLESS = ("CudaDriverHelper", "unable to create stream", "pinned", "NVML", "CUDA driver")
 
@@ -74,9 +80,18 @@ def find_tritonserver() -> tuple[Path, Path]:
     Returns:
         ``(tritonserver_dir, libs_dir)``: ``.../pytriton/tritonserver`` and ``.../nvidia_pytriton.libs``.
 
+    ``$AIGI_TRITON_DIST``, when set, names such a ``tritonserver`` folder elsewhere (a carried copy of the wheel's).
+
     Raises:
-        ServerError: the ``nvidia-pytriton`` wheel is not installed (``pip install 'aigi[serve]'``).
+        ServerError: the ``nvidia-pytriton`` wheel is not installed (``pip install 'aigi[serve]'``), or
+            ``$AIGI_TRITON_DIST`` names a folder without ``bin/tritonserver``.
     """
+    packed = os.environ.get(TRITON_DIST_ENV)
+    if packed:
+        dist = Path(packed).absolute()
+        if not (dist / "bin" / "tritonserver").is_file():
+            raise ServerError(f"${TRITON_DIST_ENV}={packed}: no bin/tritonserver there")
+        return dist, dist.parent.parent / "nvidia_pytriton.libs"
     # find_spec, not import: importing pytriton is slow and pulls in its own stack
     spec = importlib.util.find_spec("pytriton")
     if spec is None or spec.origin is None:
@@ -105,6 +120,40 @@ def python_version_of(env: Path) -> str:
     if out.returncode != 0:
         raise ServerError(f"{python} does not run: {out.stderr.strip()[-300:]}")
     return out.stdout.strip()
+
+
+# folders the dynamic loader searches by default (python_libdir leaves them to it)
+_SYSTEM_LIBDIRS = frozenset(
+    f"{prefix}/{lib}"
+    for prefix in ("", "/usr")
+    for lib in ("lib", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu")
+)
+
+
+def python_libdir(env: Path) -> Path | None:
+    """The folder holding the shared libpython of ``env``'s Python (``None`` when none is found).
+
+    The wheel's backend stub links ``libpython3.X.so.1.0``; left to the loader's default path it can get the
+    system's, whose patch release differs from the env's standard library: on a pyenv 3.11.7 beside Debian's 3.11,
+    ``import ssl`` in the stub failed with "undefined symbol: _PyModule_Add", so transformers (and with it the torch
+    network model) could not load inside Triton.
+    """
+    candidates: list[Path] = []
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and env.resolve() == Path(sys.prefix).resolve():
+        candidates.append(Path(str(libdir)))
+    config = env / "pyvenv.cfg"
+    if config.is_file():  # a venv: its home is the base interpreter's bin/
+        for line in config.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home" and value.strip():
+                candidates.append(Path(value.strip()).parent / "lib")
+    candidates.append(env / "lib")  # a conda env or a plain installation
+    for folder in candidates:
+        if folder.is_dir() and any(folder.glob("libpython3*.so*")):
+            # the loader searches the system's folders anyway; naming them first would only reorder its search
+            return None if str(folder.resolve()) in _SYSTEM_LIBDIRS else folder
+    return None
 
 
 def _die_with_parent() -> None:
@@ -215,7 +264,8 @@ class TritonServer:
         repo: the model repository (for example written by ``aigi export``).
         http_port, grpc_port, metrics_port: ports to listen on; ``None`` or ``0`` picks a free one.
         env: the Python environment the Python-backend models run in (its ``bin`` goes first on
-            ``PATH``; it needs numpy<2, Pillow, onnxruntime and aigi); defaults to ``sys.prefix``.
+            ``PATH``; it needs numpy<2, Pillow, onnxruntime and aigi); defaults to ``$AIGI_TRITON_PYTHON``, else
+            ``sys.prefix``.
         host: address every endpoint binds to; ``0.0.0.0`` exposes the server to the network.
         log_verbose: Triton's ``--log-verbose`` level.
         log_file: where the server's stdout and stderr go (appended); a new file in the temp folder when ``None``.
@@ -252,7 +302,7 @@ class TritonServer:
         self.tritonserver = Path(tritonserver).absolute() if tritonserver else None
         self.response_cache_bytes = int(response_cache_bytes)
         self.admin_key = admin_key or secrets.token_urlsafe(24)
-        self.env = Path(env or sys.prefix).absolute()
+        self.env = Path(env or os.environ.get(TRITON_PYTHON_ENV) or sys.prefix).absolute()
         self.host = host
         self.log_verbose = int(log_verbose)
         self.exit_timeout_s = int(exit_timeout_s)
@@ -360,8 +410,11 @@ class TritonServer:
     def _environment(self, libs: Path | None) -> dict[str, str]:
         env = os.environ.copy()
         if libs is not None:
-            # the copied libtriton_python.so lost its $ORIGIN-relative RPATH to the wheel's libraries
-            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+            # the copied libtriton_python.so lost its $ORIGIN-relative RPATH to the wheel's libraries; the stub
+            # links libpython3.X, which must be the env's own (python_libdir)
+            found = python_libdir(self.env)
+            paths = (str(libs), str(found) if found else "", env.get("LD_LIBRARY_PATH", ""))
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
         # the backend stub embeds the python3 first on PATH; that is how models find numpy and aigi
         env["PATH"] = os.pathsep.join(p for p in (str(self.env / "bin"), env.get("PATH", "")) if p)
         env.pop("PYTHONPATH", None)
