@@ -18,7 +18,8 @@ OK = "ok"
 ERROR = "error"
 
 # bench.json's keys, in its order: a cell is IDENTITY, COUNTS, [first_error], LATENCIES, status, error or
-# RESOURCES, [triton], speedup (COUNTS' "concurrency" repeats IDENTITY's and keeps its place)
+# RESOURCES, [triton], speedup, [client_cpu_ms], [latencies_file] (COUNTS' "concurrency" repeats IDENTITY's and
+# keeps its place; bracketed keys only when set)
 IDENTITY = ("runtime", "family", "precision", "path", "protocol", "shared_memory", "batch", "concurrency")
 COUNTS = ("images_per_s", "requests", "images", "wall_s", "concurrency", "warmup", "errors")
 LATENCIES = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms")
@@ -85,7 +86,13 @@ class TritonSplit:
     """Triton's view of a cell, per client request (:func:`aigi.benchmarks.metrics_scrape.split_latency`).
 
     ``requests`` is ``None`` when the entry model saw no request in the window (metrics off, another server):
-    the split is then empty (``{}`` in JSON, plus ``requests_mismatch`` when the counts disagreed).
+    the split is then empty (``{}`` in JSON, plus ``requests_mismatch`` when the counts disagreed, or
+    ``unavailable`` with the reason when the metrics could not be read at all).
+
+    ``clamped`` names the components that measured below zero (set to 0) with their measured values;
+    ``server_percentiles`` holds, per model, Triton's p50/p90/p99 of request, queue and compute time
+    (:mod:`aigi.benchmarks.server_percentiles`) and ``percentiles_window`` what they cover. These three appear in
+    JSON only when set, so a ``bench.json`` written before them reads back unchanged.
     """
 
     requests: float | None = None
@@ -96,6 +103,10 @@ class TritonSplit:
     avg_server_batch: float | None = None
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests_mismatch: RequestsMismatch | None = None
+    clamped: dict[str, float] = field(default_factory=dict)
+    server_percentiles: dict[str, dict[str, dict[str, float | None]]] | None = None
+    percentiles_window: dict[str, Any] | None = None
+    unavailable: str | None = None
 
     @classmethod
     def from_split(cls, split: dict[str, Any]) -> TritonSplit:
@@ -109,6 +120,11 @@ class TritonSplit:
 
     def to_dict(self) -> dict[str, Any]:
         data = _pick(self, SPLIT) if self.requests is not None else {}
+        if self.clamped:
+            data["clamped"] = self.clamped
+        for key in ("server_percentiles", "percentiles_window", "unavailable"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         if self.requests_mismatch is not None:
             data["requests_mismatch"] = self.requests_mismatch.to_dict()
         return data
@@ -139,6 +155,8 @@ class BenchCell:
     peak_fraction: float | None = None
     triton: TritonSplit | None = None
     speedup: float | None = None  # images/s over the baseline's at the same batch size (one stream)
+    client_cpu_ms: float | None = None  # this process's CPU time per measured request (after speedup, when set)
+    latencies_file: str | None = None  # every request's latency, relative to the output folder (when set)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +197,9 @@ class BenchCell:
         if self.triton is not None:
             data["triton"] = self.triton.to_dict()
         data["speedup"] = self.speedup
+        for key in ("client_cpu_ms", "latencies_file"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
 
     @classmethod

@@ -116,11 +116,58 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also drive perf_analyzer on the Triton models (skipped with a message when it is not installed)",
     )
+    _add_remote_arguments(bench)
+    bench.add_argument(
+        "--clean-percentiles",
+        action="store_true",
+        help="before each Triton cell, wait until earlier requests have left Triton's 60 s summary window, so each "
+        "cell's server-side p50/p90/p99 cover that cell alone (adds up to 60 s per Triton cell)",
+    )
+    bench.add_argument(
+        "--no-baseline-check",
+        action="store_true",
+        help="skip timing torch-eager-fp32 again in a fresh process after its cell (the report's baseline check)",
+    )
     bench.add_argument("--quick", action="store_true", help="a short sweep: batch 1,8, concurrency 1,2, 1 s cells")
     bench.add_argument("--workdir", type=Path, help="keep exports and engines here (default: a temporary folder)")
     bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
     bench.add_argument("--list", action="store_true", help="list the runtimes and whether this machine has them")
     bench.set_defaults(handler=_bench)
+
+
+def _comma_list(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
+def _add_remote_arguments(bench: argparse.ArgumentParser) -> None:
+    """``--url``, ``--metrics-url`` and ``--served-model``: benchmark a Triton server started elsewhere."""
+    bench.add_argument(
+        "--url",
+        type=_comma_list,
+        action="extend",
+        default=[],
+        metavar="HOST:PORT",
+        help="benchmark a Triton server already running elsewhere (any build: a container, a Kubernetes Service) "
+        "instead of exporting and starting one: its HTTP and/or gRPC endpoint (comma-separated or repeated; the "
+        "other protocol is looked for on Triton's default neighbouring port). Only the Triton runtimes run; "
+        "agreement needs --checkpoint (the weights it serves)",
+    )
+    bench.add_argument(
+        "--metrics-url",
+        help="with --url: the server's Prometheus endpoint (default http://HOST:8002/metrics); when it cannot be "
+        "read the cells still run and the report says why there is no server-side split",
+    )
+    bench.add_argument(
+        "--served-model",
+        type=_comma_list,
+        default=["aigi"],
+        metavar="NAME[,NAME]",
+        help="with --url: the entry models (ensembles) to call, e.g. aigi,aigi_int8; each one's network precision "
+        "decides which runtimes run (default aigi)",
+    )
 
 
 def _list_runtimes() -> int:
@@ -173,6 +220,11 @@ def _bench(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         perf_analyzer=args.perf_analyzer,
         workdir=args.workdir,
+        urls=list(args.url),
+        metrics_url=args.metrics_url,
+        served_models=tuple(args.served_model),
+        baseline_check=not args.no_baseline_check,
+        clean_percentiles=args.clean_percentiles,
         **_sweep(args),
     )
     results = run_bench(config)
@@ -230,7 +282,22 @@ def _client_option(text: str) -> tuple[str, Any]:
 
 def add_fault_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``aigi fault-check`` (and of its alias ``python -m aigi.benchmarks.load_check``)."""
-    parser.add_argument("--repo", type=Path, required=True, help="model repository (aigi export --backend cpu)")
+    parser.add_argument(
+        "--repo", type=Path, help="model repository (aigi export --backend cpu) to serve; this or --url"
+    )
+    parser.add_argument(
+        "--url",
+        type=_comma_list,
+        action="extend",
+        default=[],
+        metavar="HOST:PORT",
+        help="load a Triton server already running elsewhere instead (its HTTP and gRPC endpoints, comma-separated "
+        "or repeated; the other one is looked for on Triton's default neighbouring port): no fault is injected "
+        "(the server is not ours to kill), every answer is still checked",
+    )
+    parser.add_argument(
+        "--metrics-url", help="with --url: the server's Prometheus endpoint (default http://HOST:8002/metrics)"
+    )
     parser.add_argument("--replicas", type=int, default=1, help="Triton servers of --repo to start (default 1)")
     parser.add_argument("--concurrency", type=int, default=16, help="client threads (default 16)")
     parser.add_argument(
@@ -241,8 +308,9 @@ def add_fault_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault",
         choices=tuple(FAULT_CHOICES),
-        default="both",
-        help="; ".join(f"{name}: {what}" for name, what in FAULT_CHOICES.items()) + " (default both)",
+        default=None,
+        help="; ".join(f"{name}: {what}" for name, what in FAULT_CHOICES.items())
+        + " (default both; with --url none can be injected)",
     )
     parser.add_argument("--max-calls", type=int, default=100_000, help="upper bound on detect() calls")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images and of each client's picks")

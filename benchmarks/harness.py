@@ -3,9 +3,14 @@
 Order of work: resolve the architecture and weights; find the benchmark images; measure the GPU's matmul
 peak (on a GPU); set up every runtime (Triton first, so in-process ONNX Runtime loads the served files);
 compute agreement with FP32 PyTorch; then measure cells interleaved by batch size (for each batch size,
-every runtime, every concurrency) so drift on a shared machine hits all runtimes alike; finally run
-perf_analyzer if asked, tear everything down, and compute agreement on the checkpoint's own architecture
-when the speed architecture (``--model``) differs from it.
+every runtime, every concurrency) so drift on a shared machine hits all runtimes alike, keeping every request's
+latency (:mod:`aigi.benchmarks.latency_log`) and, for Triton cells, the server's split and percentiles; right
+after the baseline's cell at one batch size, time the baseline again in a fresh process
+(:mod:`aigi.benchmarks.baseline_check`); finally run perf_analyzer if asked, tear everything down, and compute
+agreement on the checkpoint's own architecture when the speed architecture (``--model``) differs from it.
+
+With ``--url`` (:mod:`aigi.benchmarks.remote`) the Triton runtimes call a server started elsewhere instead:
+nothing is exported or started, the in-process runtimes are skipped, and agreement needs ``--checkpoint``.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from aigi import __version__
-from aigi.benchmarks import metrics_scrape, perf_analyzer
+from aigi.benchmarks import baseline_check, latency_log, perf_analyzer, perf_compare
 from aigi.benchmarks.agreement import agreement_on, agreement_rebuilt
 from aigi.benchmarks.artifacts import ArtifactStore, random_checkpoint, same_architecture
-from aigi.benchmarks.cells import BenchCell, RequestsMismatch, TritonSplit
-from aigi.benchmarks.lifecycle import memory_probe, safe_info, setup_runtime, teardown
+from aigi.benchmarks.cell_window import CellWindow
+from aigi.benchmarks.cells import BenchCell
+from aigi.benchmarks.lifecycle import safe_info, setup_runtime, teardown
+from aigi.benchmarks.remote import RemoteStore
 from aigi.benchmarks.runtimes import (
     BASELINE,
     BaseRuntime,
     RuntimeSpec,
     select_runtimes,
 )
+from aigi.benchmarks.server_percentiles import WindowTracker
 from aigi.benchmarks.timing import InputPool, measure
 from aigi.benchmarks.workload import ImageSet, bytes_pool, find_benchmark_images, tensor_pool
 from aigi.checkpoint import CheckpointMeta, load_meta
@@ -38,6 +46,7 @@ from aigi.errors import AigiError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "vit-b-32"
+BASELINE_CHECK_BATCH = 8  # the batch the baseline check runs at when the sweep has it (else the sweep's smallest)
 
 
 @dataclass
@@ -67,8 +76,15 @@ class BenchConfig:
     perf_analyzer: bool = False
     workdir: Path | None = None
     progress: bool = True
+    urls: list[str] = field(default_factory=list)
+    metrics_url: str | None = None
+    served_models: tuple[str, ...] = ("aigi",)
+    baseline_check: bool = True
+    clean_percentiles: bool = False
 
     def __post_init__(self) -> None:
+        if self.urls and (self.repos or self.model):
+            raise AigiError("--url benchmarks the model the server serves: --repo and --model do not apply with it")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise AigiError("--batch-sizes must be positive integers")
         if not self.concurrency or min(self.concurrency) < 1:
@@ -90,11 +106,12 @@ class _Plan:
 
     model_name: str
     weights: str
-    speed: ArtifactStore
-    agreement: ArtifactStore
+    speed: ArtifactStore | RemoteStore
+    agreement: ArtifactStore | RemoteStore
     specs: list[RuntimeSpec]
     skipped: dict[str, dict[str, Any]]
     preset_gflops: float | None
+    remote: RemoteStore | None = None  # --url: the server started elsewhere
 
 
 def _resolve_model(config: BenchConfig) -> tuple[str, CheckpointMeta | None, bool]:
@@ -110,17 +127,44 @@ def _resolve_model(config: BenchConfig) -> tuple[str, CheckpointMeta | None, boo
     return name, meta, meta is not None and same_architecture(meta, name)
 
 
-def plan(config: BenchConfig, workdir: Path) -> _Plan:
-    """Decide architectures, stores and runtimes (nothing heavy is built yet)."""
-    from aigi.training.presets import get_preset
-
-    name, meta, same = _resolve_model(config)
+def _selected(config: BenchConfig) -> tuple[list[RuntimeSpec], dict[str, dict[str, Any]]]:
+    """The runtimes asked for, less the ``--exclude``d ones: ``(specs, skipped entries)``."""
     specs = select_runtimes(config.runtimes)
     skipped: dict[str, dict[str, Any]] = {}
     if config.exclude:
         for spec in select_runtimes(config.exclude):
             skipped[spec.name] = {"status": "skipped", "reason": config.exclude_reason}
-    specs = [spec for spec in specs if spec.name not in skipped]
+    return [spec for spec in specs if spec.name not in skipped], skipped
+
+
+def _remote_plan(config: BenchConfig) -> _Plan:
+    """``--url``: the server's entry models give the architecture; only Triton runtimes that fit it run."""
+    from aigi.benchmarks import remote
+    from aigi.training.presets import get_preset
+
+    store = remote.connect(config.urls, config.metrics_url, list(config.served_models), max(config.batch_sizes))
+    specs, skipped = _selected(config)
+    available = []
+    for spec in specs:
+        reason = remote.unavailable_reason(spec, store.server) or spec.precheck()
+        if reason:
+            skipped[spec.name] = {"status": "skipped", "reason": reason}
+        else:
+            available.append(spec)
+    name = store.meta.architecture.source
+    preset = get_preset(name)
+    gflops = preset.gflops if preset is not None else None
+    return _Plan(name, store.weights, store, store, available, skipped, gflops, remote=store)
+
+
+def plan(config: BenchConfig, workdir: Path) -> _Plan:
+    """Decide architectures, stores and runtimes (nothing heavy is built yet)."""
+    from aigi.training.presets import get_preset
+
+    if config.urls:
+        return _remote_plan(config)
+    name, meta, same = _resolve_model(config)
+    specs, skipped = _selected(config)
     available = []
     for spec in specs:
         reason = spec.precheck()
@@ -166,6 +210,10 @@ class Harness:
     def __init__(self, config: BenchConfig) -> None:
         self.config = config
         self.started = time.monotonic()
+        self.windows = WindowTracker()  # what each Triton cell's server percentiles cover
+        self.server_pids: list[int] = []  # the Triton servers this run started (for the baseline check)
+        self.baseline: dict[str, Any] | None = None
+        self.workdir = Path(tempfile.gettempdir())  # the run's work folder, set by run()
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -203,29 +251,30 @@ class Harness:
         from aigi.benchmarks.targets import evaluate_targets
 
         config = self.config
+        self.workdir = workdir
         speed, agree = the_plan.speed, the_plan.agreement
         images = self._benchmark_images(the_plan, workdir)
         tensors = images.tensors(speed.meta.preprocessing)
-        gpu_peak = measure_matmul_peak() if environment.get("gpu") is not None else None
+        on_gpu = environment.get("gpu") is not None and the_plan.remote is None  # a remote server's GPU is not ours
+        gpu_peak = measure_matmul_peak() if on_gpu else None
         arch = speed.meta.architecture
         flops = gflops_per_image(the_plan.preset_gflops, arch.vision_config, arch.residual_stem)
         runtimes, static_mb, runtime_status = self._set_up_runtimes(the_plan)
+        self.server_pids = sorted({pid for rt in runtimes.values() if (pid := rt.memory_root_pid()) is not None})
 
         separate = agree is not speed
-        agreement: dict[str, dict] = {}
         agreement_images = (
             images if len(images) <= config.agreement_images else _subset(images, config.agreement_images)
         )
-        if runtimes and not separate:
-            agreement = agreement_on(runtimes, speed, agreement_images, config.agreement_batch)
+        agreement, agreement_note = self._agreement_first(the_plan, runtimes, agreement_images, workdir)
 
-        cells, skipped_cells = self._measure_all(runtimes, static_mb, images, tensors, flops, gpu_peak)
-        perf = self._perf_analyzer(runtimes, images, workdir) if config.perf_analyzer else None
+        cells, skipped_cells = self._measure_all(runtimes, static_mb, images, tensors, flops, gpu_peak, the_plan)
+        perf = self._perf_analyzer(runtimes, images, workdir, cells) if config.perf_analyzer else None
 
         for runtime in runtimes.values():
             teardown(runtime)
         speed.close()
-        if runtimes and separate:
+        if runtimes and separate and isinstance(agree, ArtifactStore):
             agreement = agreement_rebuilt(
                 list(runtimes), agree, agreement_images, config.agreement_batch, self._out_of_time, config.progress
             )
@@ -248,10 +297,32 @@ class Harness:
             "export_seconds": speed.export_seconds + (agree.export_seconds if separate else 0.0),
             "wall_s": self._elapsed(),
         }
-        if perf is not None:
-            results["perf_analyzer"] = perf
+        results |= _optional_sections(the_plan, agreement_note, self.baseline, perf, cells, environment)
         results["targets"] = evaluate_targets(cells, agreement)
         return results
+
+    def _agreement_first(
+        self, the_plan: _Plan, runtimes: dict[str, BaseRuntime], images: ImageSet, workdir: Path
+    ) -> tuple[dict[str, dict], str | None]:
+        """Agreement computed before the cells, while the runtimes are up: ``(agreement, why it is empty)``.
+
+        On the speed cells' own architecture it uses the runtimes as they are; against a server started elsewhere
+        the reference is PyTorch on ``--checkpoint`` (the weights that server is meant to serve).
+        """
+        config = self.config
+        if not runtimes:
+            return {}, None
+        if the_plan.remote is None:
+            if the_plan.agreement is not the_plan.speed or not isinstance(the_plan.speed, ArtifactStore):
+                return {}, None  # computed after the cells, on the checkpoint's own architecture
+            return agreement_on(runtimes, the_plan.speed, images, config.agreement_batch), None
+        if config.checkpoint is None:
+            return {}, "not measured: --url without --checkpoint gives no PyTorch reference for the served weights"
+        store = ArtifactStore(config.checkpoint, workdir / "agreement", config.agreement_batch, set())
+        try:
+            return agreement_on(runtimes, store, images, config.agreement_batch), None
+        finally:
+            store.close()
 
     def _benchmark_images(self, the_plan: _Plan, workdir: Path) -> ImageSet:
         """Enough images for the agreement set and every cell's input pool."""
@@ -280,7 +351,7 @@ class Harness:
                 runtime_status[spec.name] = {"status": "skipped", "reason": reason}
                 continue
             logger.info("setting up %s", spec.name)
-            runtime, reason, static = setup_runtime(spec, the_plan.speed)
+            runtime, reason, static = setup_runtime(spec, the_plan.speed)  # type: ignore[arg-type]
             if runtime is None:
                 runtime_status[spec.name] = {"status": "skipped", "reason": reason}
                 logger.warning("%s skipped: %s", spec.name, reason)
@@ -293,7 +364,9 @@ class Harness:
             runtime_status[name] = {"status": "ok", "reason": None, "info": safe_info(runtime)}
         return runtimes, static_mb, runtime_status
 
-    def _perf_analyzer(self, runtimes: dict[str, BaseRuntime], images: ImageSet, workdir: Path) -> dict[str, Any]:
+    def _perf_analyzer(
+        self, runtimes: dict[str, BaseRuntime], images: ImageSet, workdir: Path, cells: list[BenchCell]
+    ) -> dict[str, Any]:
         config = self.config
         return perf_analyzer.sweep(
             runtimes,
@@ -302,11 +375,14 @@ class Harness:
             config.batch_sizes,
             config.concurrency,
             config.duration_s,
+            our_requests={cell.key: cell.measured.requests for cell in cells if cell.ok},
         )
 
     # -- speed ---------------------------------------------------------------------------------
 
-    def _measure_all(self, runtimes, static_mb, images, tensors, flops, gpu_peak) -> tuple[list[BenchCell], list[dict]]:
+    def _measure_all(
+        self, runtimes, static_mb, images, tensors, flops, gpu_peak, the_plan: _Plan
+    ) -> tuple[list[BenchCell], list[dict]]:
         from tqdm import tqdm
 
         config = self.config
@@ -335,17 +411,22 @@ class Harness:
                     if runtime.input_kind == "bytes"
                     else tensor_pool(tensors, batch, config.pool_batches)
                 )
-            cell = self._measure_cell(runtime, pools[key], batch, conc, static_mb.get(name, 0.0), flops, gpu_peak)
+            cell, window = self._measure_cell(
+                runtime, pools[key], batch, conc, static_mb.get(name, 0.0), flops, gpu_peak
+            )
             first_error = cell.timing.first_error if cell.timing is not None else None
             if "still busy" in str(first_error or cell.error or ""):
                 hung[name] = f"an earlier cell (batch {batch}, concurrency {conc}) hung"
             cells.append(cell)
+            if self._wants_baseline_check(cell, the_plan):
+                bar.set_postfix_str(f"baseline check b{batch} (fresh process)")
+                self.baseline = self._baseline_check(cell, window, pools[key], the_plan, runtimes)
         return cells, skipped
 
     def _measure_cell(
         self, runtime: BaseRuntime, batches: list, batch: int, conc: int, static: float, flops, peak
-    ) -> BenchCell:
-        """Time one cell, then add its memory, FLOP/s and (for Triton) the server's latency split."""
+    ) -> tuple[BenchCell, CellWindow | None]:
+        """Time one cell, then add its memory, FLOP/s, raw latencies and (for Triton) the server's split."""
         config = self.config
         spec = runtime.spec
         cell = BenchCell(
@@ -361,8 +442,11 @@ class Harness:
         try:
             prepared = [runtime.prepare(b) for b in batches]
         except Exception as exc:  # noqa: BLE001
-            return cell.failed(f"preparing inputs: {exc.__class__.__name__}: {exc}")
-        window = _CellWindow(runtime)
+            return cell.failed(f"preparing inputs: {exc.__class__.__name__}: {exc}"), None
+        view = runtime.triton_view()
+        if config.clean_percentiles and view is not None:
+            self.windows.wait_until_clear(view[0])
+        window = CellWindow(runtime, self.windows, f"{runtime.name} b{batch} c{conc}", self.server_pids)
         result = measure(
             runtime.run,
             InputPool(prepared, batch),
@@ -375,66 +459,56 @@ class Harness:
             on_window=window.opens,
             timeout_s=config.cell_timeout_s,
         )
+        window.closes()
         cell.timing = result.cell_timing()
         if not result.requests:
-            return cell.failed(result.first_error or "no request succeeded")
+            return cell.failed(result.first_error or "no request succeeded"), window
         cell.status = "ok"
         window.add_memory(cell, static)
         achieved = result.images_per_s * flops["gflops"] / 1e3
         cell.achieved_tflops = achieved
         cell.peak_fraction = achieved / peak["tflops"] if peak else None
         cell.triton = window.triton_split(result.requests + result.errors, cell.timing.mean_ms)
-        return cell
+        cell.client_cpu_ms = window.cpu_s * 1e3 / result.requests
+        cell.latencies_file = latency_log.cell_file_name(runtime.name, batch, conc)
+        latency_log.write_latencies(config.out, cell.latencies_file, result.records)
+        return cell, window
 
+    # -- baseline check ------------------------------------------------------------------------
 
-class _CellWindow:
-    """What a cell reads around its measured window: memory (reset when it opens) and Triton's counters."""
+    def _wants_baseline_check(self, cell: BenchCell, the_plan: _Plan) -> bool:
+        """Right after the baseline's ok cell at the check batch, once per run (never against a remote server)."""
+        batches = self.config.batch_sizes
+        check_batch = BASELINE_CHECK_BATCH if BASELINE_CHECK_BATCH in batches else min(batches)
+        return (
+            self.config.baseline_check
+            and self.baseline is None
+            and the_plan.remote is None
+            and cell.runtime == BASELINE
+            and cell.ok
+            and cell.batch == check_batch
+        )
 
-    def __init__(self, runtime: BaseRuntime) -> None:
-        self.runtime = runtime
-        self.probe = memory_probe(runtime)
-        self.view = runtime.triton_view()  # (metrics URL, entry model) or None
-        self.before: dict[str, dict[str, float]] | None = None
-        self.base_mb: float | None = None
-
-    def opens(self) -> None:
-        """Called by :func:`measure` after the warm-up, just before the window opens."""
-        if self.view is not None:
-            try:
-                self.before = metrics_scrape.scrape_settled(self.view[0], self.view[1])
-            except OSError as exc:
-                logger.debug("metrics scrape failed: %s", exc)
-        self.probe.reset_peak()
-        self.base_mb = self.probe.current_mb()
-
-    def add_memory(self, cell: BenchCell, static: float) -> None:
-        """The cell's peak memory: the runtime's share of the device, or the resident set of its process."""
-        peak_mb = self.probe.peak_mb()
-        if self.probe.kind == "gpu":
-            base = self.base_mb if self.base_mb is not None else peak_mb
-            cell.peak_mem_mb = static + max(0.0, peak_mb - base)
-            cell.mem_kind = "gpu"
-        else:
-            cell.peak_mem_mb = peak_mb
-            cell.mem_kind = "rss-server" if self.runtime.memory_root_pid() else "rss"
-
-    def triton_split(self, sent: int, client_mean_ms: float) -> TritonSplit | None:
-        """Triton's latency split over the window (``None`` off Triton, or when a scrape failed)."""
-        if self.view is None or self.before is None:
-            return None
-        url, model = self.view
-        try:
-            expected = metrics_scrape.requests_done(self.before, model) + sent
-            after = metrics_scrape.scrape_settled(url, model, at_least=expected)
-        except OSError as exc:
-            logger.debug("metrics scrape failed: %s", exc)
-            return None
-        delta = metrics_scrape.counter_delta(self.before, after)
-        split = TritonSplit.from_split(metrics_scrape.split_latency(delta, model, client_mean_ms))
-        counted = metrics_scrape.requests_done(after, model) - metrics_scrape.requests_done(self.before, model)
-        if counted != sent:  # another client, or a lagging counter: the split is approximate
-            split.requests_mismatch = RequestsMismatch(client=sent, server=counted)
-        return split
+    def _baseline_check(
+        self, cell: BenchCell, window: CellWindow | None, batches: list, the_plan: _Plan, runtimes: dict
+    ) -> dict[str, Any]:
+        """Time the baseline again in a fresh process and record what this process held during its cell."""
+        config = self.config
+        timing = {"warmup": config.warmup, "iters": config.iters, "duration_s": config.duration_s}
+        timing["min_iters"] = config.min_iters
+        fresh = baseline_check.fresh_process(the_plan.speed.checkpoint, batches, self.workdir / "baseline", timing)
+        harness = {
+            **baseline_check.torch_threads(),
+            "process_threads": baseline_check.process_threads(),
+            "in_process_runtimes_alive": sorted(name for name, rt in runtimes.items() if rt.spec.family != "triton"),
+            "servers_alive": len(self.server_pids),
+            "server_cpu_s_during_cell": window.others_cpu_s if window is not None else None,
+            "cell_wall_s": cell.measured.wall_s,
+            "cpu_ms_per_request": cell.client_cpu_ms,  # this process's CPU per request (beside the fresh one's)
+        }
+        summary = baseline_check.summarize(cell.batch, cell.measured.images_per_s, fresh, harness)
+        logger.info("baseline check: %s", summary)
+        return summary
 
 
 def _subset(images: ImageSet, count: int) -> ImageSet:
@@ -451,6 +525,30 @@ def _add_speedups(cells: list[BenchCell]) -> None:
     for cell in cells:
         base = baseline.get(cell.batch)
         cell.speedup = cell.measured.images_per_s / base if base and cell.ok else None
+
+
+def _optional_sections(
+    the_plan: _Plan,
+    agreement_note: str | None,
+    baseline: dict[str, Any] | None,
+    perf: dict[str, Any] | None,
+    cells: list[BenchCell],
+    environment: dict[str, Any],
+) -> dict[str, Any]:
+    """The parts of ``bench.json`` a run has only sometimes: server, agreement note, baseline check, perf_analyzer."""
+    sections: dict[str, Any] = {}
+    if the_plan.remote is not None:
+        sections["server"] = the_plan.remote.describe()
+    if agreement_note:
+        sections["agreement_note"] = agreement_note
+    if baseline is not None:
+        sections["baseline_check"] = baseline
+    if perf is not None:
+        if perf.get("rows"):
+            cores = environment.get("cpu_cores_usable")
+            perf = {**perf, "comparison": perf_compare.compare(cells, perf["rows"], cores)}
+        sections["perf_analyzer"] = perf
+    return sections
 
 
 def _model_dict(the_plan: _Plan, flops: dict[str, Any]) -> dict[str, Any]:
@@ -470,7 +568,7 @@ def _model_dict(the_plan: _Plan, flops: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _agreement_model_dict(agree: ArtifactStore, separate: bool) -> dict[str, Any]:
+def _agreement_model_dict(agree: ArtifactStore | RemoteStore, separate: bool) -> dict[str, Any]:
     """The architecture and weights agreement was computed on (``agreement_model`` in bench.json)."""
     return {
         "checkpoint": str(agree.checkpoint),

@@ -13,6 +13,10 @@ at a time, the i-th on replica ``i % replicas``, each followed by a restart on t
 the previous one's replica serves again and every client has been answered since; the load goes on for a while
 after the last restart.
 
+``--url HOST:PORT`` loads a server started elsewhere instead (:mod:`aigi.benchmarks.remote`): the same clients,
+reference and accounting, no fault (a server that is not ours is neither killed nor rolled), its counter read for
+the traffic when its metrics endpoint answers.
+
 Every image of every call must come back: a valid image with the reference's label and p_fake (within a
 tolerance set by the served precision), an invalid one with an ``invalid image`` error. An image whose call
 raised, that is missing, or that got the wrong kind of outcome is LOST; an answer that differs from the reference
@@ -44,6 +48,7 @@ from aigi.benchmarks.commands import FAULT_CHECK_DESCRIPTION, FAULT_CHECK_EPILOG
 from aigi.benchmarks.fault_check import Reference, Tally, build_reference, fault_targets, inject
 from aigi.benchmarks.fault_report import percentiles, write_report
 from aigi.benchmarks.fault_timeline import ReplicaMeter, build_timeline
+from aigi.benchmarks.remote import RemoteServer, resolve_endpoints
 from aigi.client.core import DetectorSettings
 from aigi.client.detector import Detector
 from aigi.errors import AigiError, SettingsError
@@ -200,7 +205,7 @@ def stop_replicas(servers: Sequence[TritonServer]) -> None:
 
 
 def run(
-    repo: Path,
+    repo: Path | None,
     concurrency: int,
     duration: float,
     protocol: str = "grpc",
@@ -209,6 +214,7 @@ def run(
     seed: int = 0,
     client_options: dict[str, Any] | None = None,
     replicas: int = 1,
+    server: RemoteServer | None = None,
 ) -> dict[str, Any]:
     """Run the load and fault check and return its report (see the module docstring).
 
@@ -216,21 +222,24 @@ def run(
         client_options: keyword arguments for every worker's :class:`Detector` on top of the defaults. Only for
             showing that the check can fail (e.g. ``{"retries": 0}``); the reference pass always uses defaults.
         replicas: servers of ``repo`` to start; every client is given all of their endpoints.
+        server: a server started elsewhere (``--url``) to load instead of ``repo``'s: no fault is injected.
     """
+    fault = "none" if server is not None else fault
     settings = CheckSettings(
         concurrency, duration, protocol, fault, replicas, max_calls, seed, dict(client_options or {})
     )
-    targets = fault_targets(fault, replicas)
+    targets = fault_targets(fault, replicas) if server is None else []
     valid, invalid = make_images(12, seed)
-    servers = start_replicas(repo, replicas)
+    servers: list[Any] = [server] if server is not None else start_replicas(_repo(repo), replicas)
     try:
         reference = build_reference(servers[0], protocol, valid, invalid)
         fleet = load(servers, reference, settings, targets, valid, invalid)
     finally:
-        stop_replicas(servers)
-    report = summarize(fleet, len(targets))
+        if server is None:
+            stop_replicas(servers)
+    report = summarize(fleet, len(targets), remote=server is not None)
     report.update(
-        repo=str(repo),
+        repo=str(repo) if server is None else f"served elsewhere at {server.endpoints[protocol]}",
         protocol=protocol,
         replicas=replicas,
         concurrency=concurrency,
@@ -243,8 +252,29 @@ def run(
     return report
 
 
+def _repo(repo: Path | None) -> Path:
+    if repo is None:
+        raise SettingsError("give --repo (servers started here) or --url (a server running elsewhere)")
+    return repo
+
+
+def remote_server(urls: list[str], metrics_url: str | None, protocol: str) -> RemoteServer:
+    """The server at ``--url``, with both endpoints the check needs (it reads the served precision over HTTP).
+
+    Raises:
+        SettingsError: an endpoint the check needs was not found.
+    """
+    endpoints = resolve_endpoints(urls, metrics_url)
+    missing = [name for name in {"http", protocol} if name not in endpoints]
+    if missing:
+        raise SettingsError(f"--url: no {' or '.join(sorted(missing))} endpoint found; give it too (HOST:PORT)")
+    # pid 0 stands for the one process of a server that is not ours: it is never restarted, so its counter never
+    # starts again (the meter reads a server only while it has a pid)
+    return RemoteServer(endpoints, pid=0)
+
+
 def load(
-    servers: list[TritonServer],
+    servers: list[Any],
     reference: Reference,
     settings: CheckSettings,
     targets: list[tuple[str, float, int]],
@@ -343,7 +373,7 @@ def fault_figures(fleet: Fleet, tally: Tally) -> None:
     """Add to every fault record what the clients and the replica saw after it, up to the next fault."""
     answered = sorted(tally.answer_times)
     faults = fleet.faults
-    ends = [record["begin_at"] for record in faults[1:]] + [float("inf")]
+    ends = [record["begin_at"] for record in faults[1:]] + [float("inf")] * bool(faults)
     for record, end in zip(faults, ends, strict=True):
         begin, back = record["begin_at"], record["back_at"]
         # calls with at least one verdict between this restart and the next fault
@@ -372,8 +402,12 @@ def longest_gap(moments: Sequence[float], begin: float, end: float) -> float | N
     return round(max(gaps), 3) if gaps else None
 
 
-def summarize(fleet: Fleet, planned_faults: int) -> dict[str, Any]:
-    """Merge the workers' counts into the report's figures, timeline and checks."""
+def summarize(fleet: Fleet, planned_faults: int, remote: bool = False) -> dict[str, Any]:
+    """Merge the workers' counts into the report's figures, timeline and checks.
+
+    With no fault planned (a server started elsewhere) there is no "answers after every fault" check, and the
+    traffic check is left out when the server's metrics could not be read (``metrics_read`` says which).
+    """
     tally = Tally()
     for one in fleet.tallies:
         tally.merge(one)
@@ -388,13 +422,14 @@ def summarize(fleet: Fleet, planned_faults: int) -> dict[str, Any]:
     served = fleet.meter.totals(fleet.started)
     per_replica: dict[str, dict[str, Any]] = {
         f"r{index}": {
-            "endpoint": server.endpoints["grpc"],
-            "http_endpoint": server.endpoints["http"],
+            "endpoint": server.endpoints.get("grpc"),
+            "http_endpoint": server.endpoints.get("http"),
             "images_served": served[f"r{index}"],
             "faults": [record["kind"] for record in fleet.faults if record["replica_index"] == index],
         }
         for index, server in enumerate(fleet.servers)
     }
+    metrics_read = all(count.times for count in fleet.meter.counts)
     checks = {
         "no image lost": tally.lost_total == 0,
         "no wrong answer": tally.wrong == 0,
@@ -407,6 +442,10 @@ def summarize(fleet: Fleet, planned_faults: int) -> dict[str, Any]:
         "reference passes agree within tolerance": fleet.reference.spread <= fleet.reference.tolerance,
         "no worker hung or crashed": not hung and not crashed,
     }
+    if not planned_faults:
+        del checks["answers after every fault"]
+    if remote and not metrics_read:
+        del checks["traffic reached every replica"]
     return {
         "reference": fleet.reference.to_dict(),
         "faults": fleet.faults,
@@ -432,6 +471,7 @@ def summarize(fleet: Fleet, planned_faults: int) -> dict[str, Any]:
         "timeline": timeline,
         "checks": checks,
         "passed": all(checks.values()),
+        "metrics_read": metrics_read,
     }
 
 
@@ -460,21 +500,38 @@ def execute(args: argparse.Namespace) -> int:
         raise SettingsError(
             f"--concurrency must lie in [1, 256], --duration in (0, 3600] and --replicas in [1, {MAX_REPLICAS}]"
         )
+    _check_target(args)
     options = client_options_from(args.client_option)
+    server = remote_server(args.url, args.metrics_url, args.protocol) if args.url else None
     report = run(
         args.repo,
         args.concurrency,
         args.duration,
         protocol=args.protocol,
-        fault=args.fault,
+        fault=args.fault or "both",
         max_calls=args.max_calls,
         seed=args.seed,
         client_options=options,
         replicas=args.replicas,
+        server=server,
     )
     text = write_report(report, args.out)
     print(text)
     return 0 if report["passed"] else 1
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    """``--repo`` or ``--url``, and with ``--url`` neither faults nor replicas (the server is not ours).
+
+    Raises:
+        SettingsError: both, neither, or a fault or replicas asked of a server started elsewhere.
+    """
+    if bool(args.repo) == bool(args.url):
+        raise SettingsError("give --repo (servers started here) or --url (a server running elsewhere), one of them")
+    if args.url and (args.fault or args.replicas != 1):
+        raise SettingsError(
+            "--url: a server started elsewhere is not ours to kill, roll or replicate; drop --fault and --replicas"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

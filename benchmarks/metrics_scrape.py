@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,10 @@ def split_latency(
         (summed over every model the requests touched: input + infer + output), ``network_marshal_ms``
         (client latency minus server request duration), ``avg_server_batch`` (images per execution of the
         entry model or its busiest step) and ``per_model`` (each model's own per-request numbers). Empty when
-        the entry model saw no requests (metrics disabled, or another server).
+        the entry model saw no requests (metrics disabled, or another server). No component is ever negative:
+        one that measured below zero is set to 0 and its measured value kept under ``clamped`` (the client's
+        mean can be a fraction of a millisecond shorter than the server's request duration, which ends only
+        after the response was handed to the network; counters that went back mean a restarted server).
     """
     entry = delta.get(entry_model)
     requests = entry.get("nv_inference_request_success", 0.0) if entry else 0.0
@@ -181,7 +185,7 @@ def split_latency(
             compute_us += model_compute
     server_request_ms = entry["nv_inference_request_duration_us"] / requests / 1e3
     batches = [m["avg_batch"] for m in per_model.values() if m["avg_batch"]]
-    return {
+    split: dict[str, object] = {
         "requests": requests,
         "server_request_ms": server_request_ms,
         "queue_ms": queue_us / requests / 1e3,
@@ -190,3 +194,24 @@ def split_latency(
         "avg_server_batch": max(batches) if batches else None,
         "per_model": per_model,
     }
+    clamped = clamp_negative(split, ("server_request_ms", "queue_ms", "compute_ms", "network_marshal_ms"))
+    for model, figures in per_model.items():
+        clamped |= {f"{model}.{key}": value for key, value in clamp_negative(figures, MODEL_TIMES).items()}
+    if clamped:
+        split["clamped"] = clamped
+    return split
+
+
+MODEL_TIMES = ("request_ms", "queue_ms", "compute_infer_ms", "compute_ms")
+
+
+def clamp_negative(figures: dict[str, Any], keys: Iterable[str]) -> dict[str, float]:
+    """Set every ``figures[key]`` below zero to 0, in place; returns ``{key: measured value}`` of those."""
+    clamped = {}
+    for key in keys:
+        value = figures.get(key)
+        if isinstance(value, int | float) and value < 0:
+            clamped[key] = float(value)
+            figures[key] = 0.0
+            logger.info("%s measured %.3f ms: clamped to 0", key, value)
+    return clamped

@@ -16,8 +16,6 @@ from aigi.benchmarks.runtimes import BaseRuntime, RuntimeSpec, RuntimeUnavailabl
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("logits", "probs", "p_fake")
-
 
 def precheck(spec: RuntimeSpec) -> str | None:
     """onnxruntime must be installed; the CUDA variants need its CUDA provider (``onnxruntime-gpu``)."""
@@ -67,10 +65,11 @@ class OrtRuntime(BaseRuntime):
             return self.session.run(["probs"], {"pixel_values": prepared})[0]
         binding = self.session.io_binding()
         binding.bind_ortvalue_input("pixel_values", prepared)
-        for name in OUTPUT_NAMES:
+        names = [output.name for output in self.session.get_outputs()]  # every output the graph has, in order
+        for name in names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[OUTPUT_NAMES.index("probs")]
+        return binding.copy_outputs_to_cpu()[names.index("probs")]
 
     def teardown(self) -> None:
         """Close the session."""

@@ -2,7 +2,17 @@
 
 The tensor path sends random FP32 ``pixel_values`` (``--input-data random``; with ``--shared-memory system``
 for the shared-memory runtimes); the bytes path sends the benchmark's own encoded images through a JSON
-input file (base64). Its CSV reports microseconds; rows here use milliseconds like the harness's cells.
+input file. perf_analyzer builds a request of ``-b N`` from N consecutive entries of that file, and a ``BYTES``
+tensor's base64 content must be serialized as Triton does on the wire: each element a 4-byte little-endian
+length and then its bytes. Without that prefix the server reads a JPEG's first four bytes as a length of
+gigabytes, takes the whole batch for one element and refuses it ("expected 8 string elements for inference
+input 'image' ..., got 1"), which is what perf_analyzer 2.51 showed before :func:`bytes_input_file` wrote it.
+
+Measurement: count windows (``--measurement-mode count_windows``) of at least ``--measurement-request-count``
+requests, sized from the requests aigi's own cell completed so a slow CPU model still gets several requests per
+window; stable when the last three windows agree within :data:`STABILITY_PCT` percent, at most
+:data:`MAX_TRIALS` windows. A point that does not settle is measured once more with :data:`RELAXED_STABILITY_PCT`
+and its row says so. Its CSV reports microseconds; rows here use milliseconds like the harness's cells.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import io
 import json
 import logging
 import shutil
+import struct
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +39,34 @@ def perf_analyzer_missing() -> str | None:
     return None if shutil.which("perf_analyzer") else MISSING
 
 
+STABILITY_PCT = 25
+RELAXED_STABILITY_PCT = 50
+MAX_TRIALS = 6
+MIN_WINDOW_REQUESTS = 8
+UNSTABLE = "Failed to obtain stable measurement"
+
+
+def serialize_bytes_element(item: bytes) -> bytes:
+    """One ``BYTES`` element as Triton serializes it: a 4-byte little-endian length, then the bytes."""
+    return struct.pack("<I", len(item)) + item
+
+
 def bytes_input_file(encoded: Sequence[bytes], path: str | Path, limit: int = 64) -> Path:
-    """Write perf_analyzer's JSON input data: one ``image`` per entry, base64-encoded, cycled by the tool."""
-    data = [{"image": {"b64": base64.b64encode(item).decode("ascii")}} for item in list(encoded)[:limit]]
+    """Write perf_analyzer's JSON input data: one ``image`` per entry (one batch element), serialized with its
+    length prefix and base64-encoded; perf_analyzer fills a batch of ``-b N`` from N consecutive entries."""
+    data = [
+        {"image": {"b64": base64.b64encode(serialize_bytes_element(item)).decode("ascii")}}
+        for item in list(encoded)[:limit]
+    ]
     path = Path(path)
     path.write_text(json.dumps({"data": data}))
     return path
+
+
+def window_requests(our_requests: int | None) -> int:
+    """Requests per count window: half of what aigi's own cell completed (so three windows take about 1.5 times
+    its length), at least :data:`MIN_WINDOW_REQUESTS`."""
+    return max(MIN_WINDOW_REQUESTS, (our_requests or 0) // 2)
 
 
 def build_command(
@@ -43,11 +76,12 @@ def build_command(
     batch: int,
     concurrency: int,
     csv_path: str | Path,
-    measurement_ms: int = 5000,
+    window_requests: int = MIN_WINDOW_REQUESTS,
     input_data: str | Path | None = None,
     shared_memory: bool = False,
     output_bytes: int = 0,
     headers: dict[str, str] | None = None,
+    stability_pct: int = STABILITY_PCT,
 ) -> list[str]:
     """The perf_analyzer command line for one (model, batch, concurrency) point."""
     command = [
@@ -62,8 +96,14 @@ def build_command(
         str(batch),
         "--concurrency-range",
         f"{concurrency}:{concurrency}",
-        "--measurement-interval",
-        str(int(measurement_ms)),
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(int(window_requests)),
+        "--stability-percentage",
+        str(int(stability_pct)),
+        "--max-trials",
+        str(MAX_TRIALS),
         "--percentile",
         "99",
         "-f",
@@ -123,14 +163,55 @@ def run_point(command: list[str], csv_path: Path, model: str, batch: int, timeou
         RuntimeError: it failed or produced no CSV (the message carries its last output line).
     """
     logger.debug("running %s", " ".join(command))
+    csv_path.unlink(missing_ok=True)  # an earlier attempt's CSV must not pass for this one's
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"perf_analyzer timed out after {timeout_s:.0f} s") from exc
     if done.returncode != 0 or not csv_path.is_file():
+        output = f"{done.stdout}\n{done.stderr}"
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"perf_analyzer exited with {done.returncode}: {tail[0]}")
+        why = UNSTABLE if UNSTABLE in output else tail[0]
+        raise RuntimeError(f"perf_analyzer exited with {done.returncode}: {why}")
     return parse_csv(csv_path.read_text(), model, batch)
+
+
+def _measure_point(runtime: Any, model: str, batch: int, concurrency: int, csv_path: Path, **options: Any) -> list:
+    """One point; a point that does not settle within :data:`STABILITY_PCT` is measured again with
+    :data:`RELAXED_STABILITY_PCT` (rows carry the ``stability_pct`` they settled at)."""
+    protocol = runtime.spec.option("protocol")
+    shm = bool(runtime.spec.option("shm"))
+    timeout_s = options.pop("timeout_s")
+    for stability in (STABILITY_PCT, RELAXED_STABILITY_PCT):
+        command = build_command(
+            model,
+            runtime.served.endpoints[protocol],
+            protocol,
+            batch,
+            concurrency,
+            csv_path,
+            shared_memory=shm,
+            output_bytes=batch * runtime.served.num_labels * 4,
+            headers=runtime.served.admin_headers if shm else None,
+            stability_pct=stability,
+            **options,
+        )
+        try:
+            return [
+                {**row, "stability_pct": stability} for row in run_point(command, csv_path, model, batch, timeout_s)
+            ]
+        except RuntimeError as exc:
+            if UNSTABLE not in str(exc) or stability == RELAXED_STABILITY_PCT:
+                raise
+            logger.info(
+                "perf_analyzer %s b%d c%d: not stable within %d%%; again with %d%%",
+                model,
+                batch,
+                concurrency,
+                stability,
+                RELAXED_STABILITY_PCT,
+            )
+    raise AssertionError("unreachable")
 
 
 def sweep(
@@ -140,8 +221,13 @@ def sweep(
     batch_sizes: Sequence[int],
     concurrencies: Sequence[int],
     duration_s: float,
+    our_requests: dict[tuple[str, int, int], int] | None = None,
 ) -> dict[str, Any]:
     """perf_analyzer over every Triton runtime at the harness's batch sizes and concurrencies.
+
+    Args:
+        our_requests: requests aigi's own cell completed, per ``(runtime, batch, concurrency)``; sizes the count
+            windows (:func:`window_requests`).
 
     Returns:
         ``{"skipped": reason}`` without perf_analyzer, else ``{"rows": [...], "errors": [...]}``.
@@ -158,27 +244,21 @@ def sweep(
         view = runtime.triton_view()
         if view is None:
             continue
-        model = view[1]
-        protocol = runtime.spec.option("protocol")
         for batch in batch_sizes:
             for concurrency in concurrencies:
-                csv_path = folder / f"{name}-b{batch}-c{concurrency}.csv"
-                command = build_command(
-                    model,
-                    runtime.served.endpoints[protocol],
-                    protocol,
-                    batch,
-                    concurrency,
-                    csv_path,
-                    measurement_ms=int(max(1.0, duration_s) * 1000),
-                    input_data=images_json if runtime.input_kind == "bytes" else None,
-                    shared_memory=bool(runtime.spec.option("shm")),
-                    output_bytes=batch * runtime.served.num_labels * 4,
-                    headers=runtime.served.admin_headers if runtime.spec.option("shm") else None,
-                )
+                requests = window_requests((our_requests or {}).get((name, batch, concurrency)))
                 try:
-                    for row in run_point(command, csv_path, model, batch, timeout_s=120 + 10 * duration_s):
-                        rows.append({**row, "runtime": name})
+                    point = _measure_point(
+                        runtime,
+                        view[1],
+                        batch,
+                        concurrency,
+                        folder / f"{name}-b{batch}-c{concurrency}.csv",
+                        window_requests=requests,
+                        input_data=images_json if runtime.input_kind == "bytes" else None,
+                        timeout_s=120 + 20 * duration_s,
+                    )
+                    rows += [{**row, "runtime": name} for row in point]
                 except RuntimeError as exc:
                     errors.append(f"{name} b{batch} c{concurrency}: {exc}")
     return {"rows": rows, "errors": errors}

@@ -1,4 +1,7 @@
-"""The two PNG plots of a run: throughput vs batch size, and latency vs client concurrency."""
+"""The PNG plots of a run by cell summary: throughput vs batch size, latency vs client concurrency.
+
+The plots drawn from every request's latency and Triton's split are in :mod:`aigi.benchmarks.latency_plots`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ THROUGHPUT_PNG = "throughput_vs_batch.png"
 LATENCY_PNG = "latency_vs_concurrency.png"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -24,7 +28,7 @@ def _pyplot():
     return plt
 
 
-def _style(index: int, runtime: str) -> dict:
+def line_style(index: int, runtime: str) -> dict:
     """A distinct colour per line (20 before repeating) and a line style per family."""
     import matplotlib
 
@@ -44,12 +48,12 @@ def plot_throughput_vs_batch(cells: Sequence[BenchCell], out_dir: Path, title: s
             series[cell.runtime][cell.batch] = cell.measured.images_per_s
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for index, (runtime, points) in enumerate(sorted(series.items())):
         batches = sorted(points)
         label = runtime + (f" (conc {lowest[runtime]})" if lowest[runtime] > 1 else "")
-        ax.plot(batches, [points[b] for b in batches], marker="o", label=label, **_style(index, runtime))
+        ax.plot(batches, [points[b] for b in batches], marker="o", label=label, **line_style(index, runtime))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
@@ -73,7 +77,7 @@ def plot_latency_vs_concurrency(cells: Sequence[BenchCell], out_dir: Path, title
     for cell in cells:
         series[(cell.runtime, cell.batch)][cell.concurrency] = (cell.measured.p50_ms, cell.measured.p99_ms)
     swept = {key: points for key, points in series.items() if len(points) > 1}
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5.5))
     if not swept:
         ax.text(0.5, 0.5, "no runtime swept concurrency\n(Triton cells were skipped)", ha="center", va="center")
@@ -82,7 +86,7 @@ def plot_latency_vs_concurrency(cells: Sequence[BenchCell], out_dir: Path, title
         conc = sorted(points)
         p50 = [points[c][0] for c in conc]
         p99 = [points[c][1] for c in conc]
-        line = ax.plot(conc, p50, marker="o", label=f"{runtime} b{batch}", **_style(index, runtime))[0]
+        line = ax.plot(conc, p50, marker="o", label=f"{runtime} b{batch}", **line_style(index, runtime))[0]
         ax.vlines(conc, p50, p99, color=line.get_color(), alpha=0.4)
     if swept:
         ax.set_xscale("log", base=2)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aigi.benchmarks import report_server
 from aigi.benchmarks.cells import BenchCell, cells_from_json
 from aigi.checkpoint import write_json_atomic
 
@@ -82,7 +83,7 @@ def _setup_lines(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- GPU matmul peak measured in this run: {peak['tflops']:.0f} TFLOP/s ({peak['dtype']}, {peak['size']}³)"
         )
-    return lines
+    return lines + report_server.server_lines(results) + report_server.baseline_lines(results)
 
 
 def _cell_rows(cells: Sequence[BenchCell], agreement: dict[str, dict], on_gpu: bool) -> list[list[str]]:
@@ -138,16 +139,16 @@ def _triton_section(cells: Sequence[BenchCell]) -> list[str]:
             str(cell.batch),
             str(cell.concurrency),
             _num(cell.timing.mean_ms if cell.timing else None, 2),
-            _num(cell.triton.network_marshal_ms, 2),
-            _num(cell.triton.queue_ms, 2),
-            _num(cell.triton.compute_ms, 2),
+            report_server.split_value(cell.triton, "network_marshal_ms"),
+            report_server.split_value(cell.triton, "queue_ms"),
+            report_server.split_value(cell.triton, "compute_ms"),
             _num(cell.triton.avg_server_batch, 1),
         ]
         for cell in cells
-        if cell.triton is not None and cell.triton.to_dict()
+        if cell.triton is not None and cell.triton.requests is not None
     ]
     if not rows:
-        return []
+        return report_server.unavailable_lines(cells)
     headers = [
         "runtime",
         "batch",
@@ -158,7 +159,8 @@ def _triton_section(cells: Sequence[BenchCell]) -> list[str]:
         "compute ms",
         "server batch",
     ]
-    return ["", "## Triton's view (Prometheus counters, per client request)", "", *_table(headers, rows)]
+    title = ["", "## Triton's view (Prometheus counters, per client request)", ""]
+    return title + _table(headers, rows) + report_server.clamp_notes(cells) + report_server.unavailable_lines(cells)
 
 
 def _steps_section(cells: Sequence[BenchCell]) -> list[str]:
@@ -184,10 +186,10 @@ def _steps_section(cells: Sequence[BenchCell]) -> list[str]:
     return ["", "## Ensemble steps (where the server's time goes)", "", note, "", *_table(headers, rows)]
 
 
-def _agreement_section(agreement: dict[str, dict]) -> list[str]:
+def _agreement_section(agreement: dict[str, dict], note: str | None = None) -> list[str]:
     """Agreement of every runtime with PyTorch eager FP32, and on which images, weights and architecture."""
     if not agreement:
-        return []
+        return ["", "## Agreement with PyTorch eager FP32", "", f"Agreement {note}."] if note else []
     first = next(iter(agreement.values()))
     intro = (
         f"On {first.get('images')} benchmark images ({first.get('source')}), weights: {first.get('weights')}, "
@@ -235,7 +237,7 @@ def _perf_analyzer_section(pa: dict[str, Any] | None) -> list[str]:
     headers = ["model", "batch", "conc", "images/s", "p50 ms", "p90 ms", "p99 ms", "queue ms", "compute ms"]
     lines += _table(headers, rows)
     lines += [f"- error: {error}" for error in pa.get("errors", [])]
-    return lines
+    return lines + report_server.comparison_lines(pa)
 
 
 def agreement_site(results: dict[str, Any], runtime: str) -> str | None:
@@ -309,13 +311,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     agreement = results.get("agreement", {})
     lines = _setup_lines(results)
     lines += _results_section(cells, agreement, on_gpu=bool(results["environment"].get("gpu")))
-    lines += _triton_section(cells)
+    lines += _triton_section([cell for cell in all_cells if cell.ok])
     lines += _steps_section(cells)
-    lines += _agreement_section(agreement)
+    lines += report_server.percentiles_section(cells)
+    lines += _agreement_section(agreement, results.get("agreement_note"))
     lines += _perf_analyzer_section(results.get("perf_analyzer"))
     lines += _targets_section(results)
     lines += _skipped_section(results, all_cells)
-    lines += ["", f"Plots: {', '.join(results.get('plots', [])) or 'none'}. Raw numbers: {JSON_NAME}.", ""]
+    lines += report_server.plots_section(results, JSON_NAME)
     return "\n".join(lines)
 
 
@@ -332,6 +335,7 @@ def from_json(data: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path]:
     """Write ``bench.json``, the plots and ``BENCH.md`` into ``out_dir``; return their paths."""
+    from aigi.benchmarks import latency_plots
     from aigi.benchmarks.plots import plot_latency_vs_concurrency, plot_throughput_vs_batch
 
     out = Path(out_dir)
@@ -339,7 +343,14 @@ def write_report(out_dir: str | Path, results: dict[str, Any]) -> dict[str, Path
     paths: dict[str, Path] = {}
     cells = [cell for cell in _typed_cells(results) if cell.ok]
     title = results["model"]["name"]
-    for key, plot in (("throughput", plot_throughput_vs_batch), ("latency", plot_latency_vs_concurrency)):
+    plots = {
+        "throughput": plot_throughput_vs_batch,
+        "latency": plot_latency_vs_concurrency,
+        "cdf": latency_plots.plot_latency_cdf,
+        "split": latency_plots.plot_latency_split,
+        "throughput_latency": latency_plots.plot_throughput_vs_latency,
+    }
+    for key, plot in plots.items():
         path = plot(cells, out, title)
         if path is not None:
             paths[key] = path

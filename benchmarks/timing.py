@@ -43,6 +43,16 @@ def latency_summary_ms(latencies_s: Sequence[float]) -> dict[str, float]:
     return summary
 
 
+@dataclass(frozen=True)
+class RequestRecord:
+    """One measured request: which client stream sent it, when it started (seconds after the window opened)
+    and how long it took (seconds)."""
+
+    stream: int
+    start_s: float
+    latency_s: float
+
+
 @dataclass
 class TimingResult:
     """What one measured cell saw.
@@ -54,6 +64,8 @@ class TimingResult:
         concurrency: threads that issued requests.
         warmup: warm-up calls per thread, excluded from everything above.
         errors: requests that raised (the first error's text is kept).
+        records: one :class:`RequestRecord` per successful request, in completion order (the raw data behind
+            ``latencies_s``, for ``latencies.csv``).
     """
 
     latencies_s: list[float]
@@ -64,6 +76,7 @@ class TimingResult:
     errors: int = 0
     first_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    records: list[RequestRecord] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -204,6 +217,8 @@ class _Streams:
         self.warmed = threading.Barrier(concurrency + 1)
         self.go = threading.Barrier(concurrency + 1)
         self.latencies: list[float] = []
+        self.records: list[RequestRecord] = []
+        self.opened = 0.0
         self.issued = 0
         self.images = 0
         self.errors = 0
@@ -229,6 +244,7 @@ class _Streams:
     def open_window(self, duration_s: float | None) -> float:
         """Start the clock and release the streams; returns the window's start."""
         start = time.perf_counter()
+        self.opened = start
         if duration_s is not None:
             self.deadline = start + duration_s
         self.go.wait()
@@ -254,6 +270,7 @@ class _Streams:
             warmup=self.warmup,
             errors=self.errors,
             first_error=self.first_error,
+            records=self.records,
         )
 
     def _wanted(self) -> bool:
@@ -295,5 +312,6 @@ class _Streams:
             end = time.perf_counter()
             with self.lock:
                 self.latencies.append(end - start)
+                self.records.append(RequestRecord(thread_index, start - self.opened, end - start))
                 self.images += self.pool.batch_size
                 self.end = max(self.end, end)

@@ -81,7 +81,7 @@ class TorchRuntime(BaseRuntime):
         if model is None:
             raise RuntimeError(f"{self.name} was torn down")
         with self._torch.inference_mode(), self._context():
-            _, probs, _ = model(prepared)
+            probs = model(prepared)[1]  # (logits, probs, p_fake, ...): the exported graph's outputs, in order
         return probs.float().cpu().numpy()
 
     def sync(self) -> None:

@@ -123,7 +123,15 @@ class TritonTensorRuntime(_TritonBase):
             for role, byte_size in sizes.items():
                 name = f"aigi-bench-{os.getpid()}-{next(_REGION_IDS)}-{role}"
                 handle = self._shm.create_shared_memory_region(name, "/" + name, byte_size)
-                client.register_system_shared_memory(name, "/" + name, byte_size, headers=self.served.admin_headers)
+                try:
+                    client.register_system_shared_memory(name, "/" + name, byte_size, headers=self.served.admin_headers)
+                except Exception:
+                    # a server that refuses (restricted API, another host) must not leave the region behind
+                    self._shm.destroy_shared_memory_region(handle)
+                    for _, kept in stream.regions.values():
+                        self._shm.destroy_shared_memory_region(kept)
+                    client.close()
+                    raise
                 stream.regions[role] = (name, handle)
         with self._lock:
             self._streams.append(stream)

@@ -436,7 +436,7 @@ def test_perf_analyzer_sweep_reports_a_row_per_point_when_the_tool_is_on_path(tm
         row["images_per_s"] == pytest.approx(160.4) and row["p99_ms"] == pytest.approx(10.832) for row in swept["rows"]
     )
     calls = [json.loads(line) for line in (tmp_path / "bin" / "calls.jsonl").read_text().splitlines()]
-    assert len(calls) == 8 and all(call[call.index("--measurement-interval") + 1] == "1000" for call in calls)
+    assert len(calls) == 8 and all(call[call.index("--measurement-mode") + 1] == "count_windows" for call in calls)
     shm_calls, bytes_calls = calls[:4], calls[4:]
     assert all("--shared-memory" in call and "triton-admin-key:k" in call for call in shm_calls)
     assert all(call[call.index("--input-data") + 1] == "random" for call in shm_calls)
@@ -477,7 +477,9 @@ def test_bench_writes_json_markdown_and_plots_when_run_quick_on_tiny_with_torch_
     assert ok == {(name, batch, 1) for name in in_process for batch in (1, 2)}
     for cell in results["cells"]:
         assert cell["requests"] == 2 and cell["p50_ms"] > 0 and cell["mem_kind"] == "rss" and cell["peak_mem_mb"] > 0
-        assert list(cell) == [*OK_CELL_KEYS, "speedup"]  # bench.json's published cell format
+        # bench.json's published cell format, then what it gained: CPU per request and the raw latencies' file
+        assert list(cell) == [*OK_CELL_KEYS, "speedup", "client_cpu_ms", "latencies_file"]
+        assert len((out / cell["latencies_file"]).read_text().splitlines()) == 1 + cell["requests"]
     baseline = [c for c in results["cells"] if c["runtime"] == "torch-eager-fp32"]
     assert all(c["speedup"] == pytest.approx(1.0) for c in baseline)
 
@@ -498,12 +500,18 @@ def test_bench_writes_json_markdown_and_plots_when_run_quick_on_tiny_with_torch_
     assert results["model"]["gflops_source"] == "analytic" and results["model"]["gflops"] > 0
     assert [t["met"] for t in results["targets"]] == [None, None, None]
 
+    # the baseline timed again in a fresh process right after its cell (the sweep has no batch 8: its smallest)
+    check = results["baseline_check"]
+    assert check["batch"] == 1 and check["in_harness_images_per_s"] > 0 and check["fresh_process_images_per_s"] > 0
+    assert check["harness"]["in_process_runtimes_alive"] == sorted(in_process)
+
     markdown = (out / "BENCH.md").read_text()
     for heading in ("## Results", "## Agreement with PyTorch eager FP32", "## Targets", "## Skipped or failed"):
         assert heading in markdown
     assert "`torch-compile-bf16`: skipped: needs a CUDA GPU" in markdown
-    for name in ("throughput_vs_batch.png", "latency_vs_concurrency.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "- Baseline check (torch-eager-fp32, batch 1): " in markdown
+    for name in ("throughput_vs_batch.png", "latency_vs_concurrency.png", "latency_cdf.png", "latency_split.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in markdown
 
 
 def test_bench_computes_agreement_on_the_checkpoint_architecture_when_model_differs(tmp_path: Path) -> None:
