@@ -43,51 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "workstation), onnx or trt (GPU backends of NVIDIA's Triton container)",
     )
     export.add_argument("--name", default="aigi", help="model name prefix (default: aigi)")
-    export.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16", "int8"),
-        help="network precision: cpu fp32|int8 (default fp32), onnx fp32|fp16 (default fp32), trt fp16, torch "
-        "fp32|bf16|fp16 (default fp32; bf16/fp16 are CUDA autocast, refused on the CPU)",
-    )
-    export.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="--backend torch: where the network runs (default auto: the GPU when PyTorch sees one, else the CPU)",
-    )
-    export.add_argument(
-        "--compile",
-        choices=("none", "default", "reduce-overhead", "max-autotune"),
-        default="none",
-        help="--backend torch: torch.compile mode (reduce-overhead adds CUDA graphs); each batch size the server "
-        "runs is compiled while the model loads, tens of seconds or more (default none: eager PyTorch)",
-    )
-    export.add_argument("--max-batch", type=int, default=32, help="max_batch_size and TensorRT profile max")
-    export.add_argument("--opt-batch", type=int, help="TensorRT profile optimum (default: max-batch / 2)")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (17+)")
-    export.add_argument(
-        "--parity-data",
-        type=Path,
-        help="dataset folder whose images join the random inputs of the parity checks "
-        "(default: the checkpoint's training data, if it still exists)",
-    )
-    export.add_argument("--parity-images", type=int, default=8, help="how many real images to check (default 8)")
-    export.add_argument("--all-variants", action="store_true", help="build and check FP16 and INT8 even if not served")
-    export.add_argument("--no-timing", action="store_true", help="skip timing ONNX Runtime's optimization levels")
-    export.add_argument(
-        "--intra-op-threads",
-        type=int,
-        default=0,
-        help="CPU threads of the network model: ONNX Runtime's (cpu) or PyTorch's (torch) (0: their default)",
-    )
-    export.add_argument(
-        "--min-agreement",
-        type=float,
-        default=MIN_AGREEMENT,
-        help="smallest argmax and is_fake agreement with PyTorch on the parity images that a variant may have "
-        f"(default {MIN_AGREEMENT}: on fewer than 100 images every decision must agree; lower it for an INT8 "
-        "model whose parity images sit near the threshold)",
-    )
+    _network_flags(export)
+    _check_flags(export, MIN_AGREEMENT)
     export.add_argument(
         "--python-env",
         type=_key_value,
@@ -119,6 +76,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     manifest.set_defaults(handler=_repo_manifest)
     _register_versions(repo_sub)
     repo.set_defaults(handler=lambda args: repo.print_help() or 2)
+
+
+def _network_flags(parser: argparse.ArgumentParser) -> None:
+    """Which network, at which precision, on which device, with which batch limits and threads."""
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        help="network precision: cpu fp32|int8 (default fp32), onnx fp32|fp16 (default fp32), trt fp16, torch "
+        "fp32|bf16|fp16 (default fp32; bf16/fp16 are CUDA autocast, refused on the CPU)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="--backend torch: where the network runs (default auto: the GPU when PyTorch sees one, else the CPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("none", "default", "reduce-overhead", "max-autotune"),
+        default="none",
+        help="--backend torch: torch.compile mode (reduce-overhead adds CUDA graphs); each batch size the server "
+        "runs is compiled while the model loads, tens of seconds or more (default none: eager PyTorch)",
+    )
+    parser.add_argument("--max-batch", type=int, default=32, help="max_batch_size and TensorRT profile max")
+    parser.add_argument("--opt-batch", type=int, help="TensorRT profile optimum (default: max-batch / 2)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17+)")
+    parser.add_argument("--no-timing", action="store_true", help="skip timing ONNX Runtime's optimization levels")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="CPU threads of the network model: ONNX Runtime's (cpu) or PyTorch's (torch) (0: their default)",
+    )
+
+
+def _check_flags(parser: argparse.ArgumentParser, min_agreement: float) -> None:
+    """How the export checks each variant against PyTorch."""
+    parser.add_argument(
+        "--parity-data",
+        type=Path,
+        help="dataset folder whose images join the random inputs of the parity checks "
+        "(default: the checkpoint's training data, if it still exists)",
+    )
+    parser.add_argument("--parity-images", type=int, default=8, help="how many real images to check (default 8)")
+    parser.add_argument("--all-variants", action="store_true", help="build and check FP16 and INT8 even if not served")
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=min_agreement,
+        help="smallest argmax and is_fake agreement with PyTorch on the parity images that a variant may have "
+        f"(default {min_agreement}: on fewer than 100 images every decision must agree; lower it for an INT8 "
+        "model whose parity images sit near the threshold)",
+    )
 
 
 def _serving_flags(export: argparse.ArgumentParser) -> None:
