@@ -187,12 +187,17 @@ def _pixel_dims(meta: CheckpointMeta) -> tuple[int, int, int]:
 
 
 def _batching(spec: RepositorySpec) -> DynamicBatching:
-    policy = QueuePolicy(
-        timeout_action="REJECT",
-        default_timeout_microseconds=spec.queue_timeout_ms * 1000,
-        allow_timeout_override=True,
-        max_queue_size=spec.max_queue_size,
-    )
+    policy: QueuePolicy | None = None
+    # Both limits off writes no policy at all: with any default_queue_policy, Triton 2.51's dynamic batcher held
+    # about 1 request in 10 for ~510 ms (p99 queue 500 ms at concurrency 1; benchmarks/results/
+    # 2026-11-30_cpu-2core_tiny_server_side/README.md), so `--max-queue-size 0 --queue-timeout-ms 0` is the way out
+    if spec.max_queue_size or spec.queue_timeout_ms:
+        policy = QueuePolicy(
+            timeout_action="REJECT",
+            default_timeout_microseconds=spec.queue_timeout_ms * 1000,
+            allow_timeout_override=True,
+            max_queue_size=spec.max_queue_size,
+        )
     preferred = spec.serving.preferred_batch_sizes
     preferred = preferred_batch_sizes(spec.max_batch) if preferred is None else preferred
     return DynamicBatching(spec.serving.max_queue_delay_us, preferred, policy)

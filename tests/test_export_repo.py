@@ -377,6 +377,15 @@ def test_export_writes_queue_policy_when_model_has_dynamic_batcher(cpu_repo):
     assert not ensemble.HasField("dynamic_batching")  # an ensemble has no scheduler queue
 
 
+def test_export_writes_no_queue_policy_when_both_limits_are_off(checkpoint, tmp_path):
+    # with any default_queue_policy Triton 2.51's batcher held ~1 request in 10 for ~510 ms: 0/0 must remove it
+    repo = tmp_path / "repo"
+    assert _export(checkpoint, repo, "--backend", "cpu", "--max-queue-size", "0", "--queue-timeout-ms", "0") == 0
+    for name in ("aigi_preprocess", "aigi_cpu"):
+        text = (repo / name / "config.pbtxt").read_text()
+        assert "dynamic_batching {" in text and "default_queue_policy" not in text, name
+
+
 def test_export_rejects_negative_queue_settings_when_given(checkpoint, tmp_path, capsys):
     assert _export(checkpoint, tmp_path / "repo", "--backend", "cpu", "--max-queue-size", "-1") == 2
     assert "--max-queue-size must be 0 (no limit) or more" in capsys.readouterr().err
