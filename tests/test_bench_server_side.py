@@ -5,6 +5,7 @@ clamped split, raw latencies, perf_analyzer's input file, stability settings and
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import struct
@@ -89,7 +90,10 @@ def test_measure_keeps_one_record_per_request_and_latency_log_writes_them_when_s
     result = measure(lambda batch: batch, InputPool([0, 1, 2], batch_size=4), concurrency=2, warmup=1, iters=9)
     assert len(result.records) == result.requests == 9
     assert {record.stream for record in result.records} <= {0, 1}
-    assert all(record.start_s >= 0 and record.latency_s >= 0 for record in result.records)
+    for stream in (0, 1):  # a stream sends its next request only once the previous one has come back
+        mine = [record for record in result.records if record.stream == stream]
+        pairs = itertools.pairwise(mine)
+        assert all(later.start_s >= earlier.start_s + earlier.latency_s - 1e-9 for earlier, later in pairs)
     name = latency_log.cell_file_name("ort-cpu-int8", 4, 2)
     path = latency_log.write_latencies(tmp_path, name, result.records)
     assert path == tmp_path / "latencies" / "ort-cpu-int8_b4_c2.csv"

@@ -88,22 +88,20 @@ def test_preprocess_stays_small_when_png_is_64000_pixels_thin(width: int, height
     # Upscaling first would make a 14336000x224 RGB image (~13 GB) out of this ~150-byte PNG.
     result = _run_limited(
         f"""
-        import io, time
+        import io
         from PIL import Image
         from aigi.preprocessing import PreprocessSpec, preprocess
         buffer = io.BytesIO()
         Image.new("L", ({width}, {height}), 77).save(buffer, "PNG")
         mark()
-        start = time.perf_counter()
         out = preprocess(buffer.getvalue(), PreprocessSpec())
-        report(shape=list(out.shape), seconds=time.perf_counter() - start, size=len(buffer.getvalue()))
+        report(shape=list(out.shape), size=len(buffer.getvalue()))
         """,
         address_space_gib=1.0,
     )
     assert result["shape"] == [3, 224, 224]
     assert result["size"] < 1000
     assert result["maxrss_mb"] < 64, result
-    assert result["seconds"] < 5, result
 
 
 def _png16_zeros_code(side: int) -> str:
